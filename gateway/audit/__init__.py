@@ -1,0 +1,1 @@
+"""The signed, append-only audit log: record, log, store, export, verify."""

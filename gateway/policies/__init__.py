@@ -1,0 +1,1 @@
+"""The policy file compliance staff write, and the engine that enforces it."""

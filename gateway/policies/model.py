@@ -1,0 +1,200 @@
+"""The shape of ``policies.yaml``, and the lookup context and decision it produces.
+
+Every field is named in plain words for compliance staff. Decoding is validation:
+unknown fields are refused (``forbid_unknown_fields``), so a misspelled field is an
+error with its line and column, never a silently ignored setting.
+
+A request meets these types in order: the proxy builds a :class:`LookupContext`,
+``evaluate`` turns it and the compiled policy into a :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Outcome = Literal["found", "missing", "pending", "throttled", "error", "objected"]
+"""What the upstream said about a subject, classified by its adapter.
+
+``objected`` is set by the gateway itself, before any upstream call, when the
+subject is on the objection list (GDPR Art. 21)."""
+
+OUTCOMES: tuple[str, ...] = ("found", "missing", "pending", "throttled", "error", "objected")
+
+ActionName = Literal["deny", "neutralize", "redact", "coarsen", "limit"]
+
+
+class _Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base for every policy-file type: immutable, no unknown fields."""
+
+
+class Client(_Model):
+    """An internal system that calls the gateway."""
+
+    id: str
+    kind: str
+    purposes: list[str]
+    default_purpose: str | None = None
+    description: str | None = None
+    # ``sha256:<hex>`` of the client's key. Keys may instead be issued into the data
+    # directory with ``gateway clients add``; either way no key is stored in clear.
+    key_hash: str | None = None
+
+
+class Credential(_Model):
+    """Where the upstream expects its key, and where the gateway reads it from."""
+
+    env: str | None = None
+    query_param: str | None = None
+    header: str | None = None
+    prefix: str = ""
+
+
+class Terms(_Model):
+    """The vendor's terms of use, enforced before the upstream is called."""
+
+    calls_per_second: float | None = None
+    calls_per_day: int | None = None
+    max_cache_age: str | None = None
+    banned_purposes: list[str] = []
+    source: str | None = None
+
+
+class Neutral(_Model):
+    """The answer given for a missing, pending or objected subject."""
+
+    score: float
+    reason: str | None = None
+
+
+class GenericAdapter(_Model):
+    """Configuration of the ``generic`` adapter: an API described entirely in YAML."""
+
+    # Where the subject identifier is: ``query:<name>`` or ``path:<index>``
+    # (0-based segment of the path after the upstream prefix).
+    subject: str
+    # Dotted path of the score in a success body, e.g. ``data.0.influence``.
+    score_path: str
+    # Body written for a neutral answer; ``{score}`` is replaced by the number.
+    neutral_body: str
+    neutral_status: int = 200
+    neutral_content_type: str = "application/json"
+    # An answer is ``missing`` when its status is listed, or (when set) its body
+    # equals ``missing_body`` after parsing, or the value at ``missing_path`` is empty.
+    missing_status: list[int] = [404]
+    missing_body: str | None = None
+    missing_path: str | None = None
+    pending_status: list[int] = [202]
+    throttled_status: list[int] = [429]
+    throttled_header: str | None = None
+    subject_separator: str | None = None
+
+
+class Upstream(_Model):
+    """A scoring API the gateway may call. Only these hosts are ever contacted."""
+
+    name: str
+    adapter: str
+    base_url: str
+    credential: Credential = Credential()
+    terms: Terms = Terms()
+    neutral: Neutral
+    generic: GenericAdapter | None = None
+    description: str | None = None
+
+
+class Limit(_Model):
+    """A rate or quota held per client or per upstream."""
+
+    per: Literal["client", "upstream"] = "client"
+    calls_per_second: float | None = None
+    calls_per_day: int | None = None
+
+
+class When(_Model):
+    """Conditions of a rule. Every field given must match; a list matches any item.
+
+    ``purpose`` matches the purpose and everything under it: ``employment``
+    covers ``employment.recruitment``.
+    """
+
+    client: str | list[str] | None = None
+    client_kind: str | list[str] | None = None
+    purpose: str | list[str] | None = None
+    upstream: str | list[str] | None = None
+    route: str | list[str] | None = None
+    outcome: Outcome | list[Outcome] | None = None
+    attributes: dict[str, str] | None = None
+
+
+class Rule(_Model):
+    """One rule: why it exists, where the law or term is, when it applies, what it does."""
+
+    id: str
+    reason: str
+    source: str
+    when: When = When()
+    action: ActionName
+    fields: list[str] | None = None
+    limit: Limit | None = None
+
+
+class Settings(_Model):
+    """Policy-wide switches."""
+
+    # Whether a caller may learn that an answer was neutralized (header
+    # ``X-Gateway-Neutralized``). Off: neutral answers are indistinguishable.
+    reveal_neutralized: bool = False
+    # Purpose used when a client has no default and the request names none.
+    default_decision: Literal["deny"] = "deny"
+
+
+class Policy(_Model):
+    """The whole file."""
+
+    version: int = 1
+    purposes: dict[str, str]
+    clients: list[Client] = []
+    upstreams: list[Upstream]
+    # Keyed HMAC pseudonyms (``gateway objections add``) of subjects who objected.
+    objections: list[str] = []
+    settings: Settings = Settings()
+    rules: list[Rule] = []
+
+
+class LookupContext(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a decision may depend on, built by the proxy for one request."""
+
+    client: str
+    client_kind: str
+    purpose: str
+    upstream: str
+    route: str
+    attributes: dict[str, str] = {}
+    outcome: Outcome | None = None
+
+
+class MatchedRule(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    action: ActionName
+    reason: str
+    source: str
+    line: int | None = None
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of ``evaluate``: deny wins; every matched rule is listed."""
+
+    allowed: bool
+    matched: tuple[MatchedRule, ...]
+    policy_version: str
+    deny: MatchedRule | None = None
+    neutralize: bool = False
+    redact: tuple[str, ...] = ()
+    coarsen: bool = False
+    limits: tuple[tuple[str, Limit], ...] = ()
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        return tuple(m.id for m in self.matched)

@@ -1,0 +1,103 @@
+"""The contract every upstream adapter fulfils.
+
+An adapter is compiled once from the policy's upstream entry. For each request it
+
+1. ``match``es the method and path to a known route template and extracts the
+   subject identifier(s) (path segment, query parameter, comma list);
+2. ``classify``s the upstream's answer per subject: ``found``, ``missing``,
+   ``pending``, ``throttled`` or ``error``;
+3. writes a ``neutral_answer`` in the API's own success shape, so a missing,
+   pending or objected person is indistinguishable from any other person.
+
+Adapters are pure: no I/O, no clock. The proxy does the calling.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from gateway.policies.model import Outcome
+
+
+class Subject(msgspec.Struct, frozen=True):
+    """One identifier of a person, in the namespace it belongs to.
+
+    ``namespace`` separates identifier spaces (a Twitter id ``1001`` is not a
+    kloutId ``1001``); the audit pseudonym and the objection list key on both.
+    """
+
+    namespace: str
+    identifier: str
+
+
+class RouteMatch(msgspec.Struct, frozen=True, kw_only=True):
+    """A request matched to one of the adapter's routes."""
+
+    template: str
+    subjects: tuple[Subject, ...]
+    # Subjects the gateway can answer without the upstream (e.g. a neutral id it
+    # issued earlier in a two-step flow).
+    local_subjects: tuple[Subject, ...] = ()
+
+
+class UpstreamAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """An HTTP answer as the adapter sees it: status, headers we keep, body."""
+
+    status: int
+    content_type: str
+    body: bytes
+    retry_after: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Classification(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome for each subject of the request, and for the whole answer."""
+
+    outcome: Outcome
+    per_subject: dict[Subject, Outcome] = {}
+
+
+class Adapter(Protocol):
+    """What the proxy needs from an adapter."""
+
+    name: str
+    #: Statuses and content type of the API's normal success answers.
+    success_content_type: str
+
+    def match(self, method: str, path: str, query: list[tuple[str, str]]) -> RouteMatch | None:
+        """Return the route and subjects, or ``None`` for a route this API lacks."""
+
+    def without_subjects(
+        self, route: RouteMatch, path: str, query: list[tuple[str, str]], drop: set[Subject]
+    ) -> tuple[str, list[tuple[str, str]]] | None:
+        """The request with ``drop`` removed, or ``None`` if nothing is left to ask."""
+
+    def classify(self, route: RouteMatch, answer: UpstreamAnswer) -> Classification:
+        """Classify an upstream answer per subject."""
+
+    def neutral_answer(
+        self,
+        route: RouteMatch,
+        answer: UpstreamAnswer | None,
+        neutral: set[Subject],
+        score: float,
+    ) -> UpstreamAnswer:
+        """An answer in the API's success shape with ``score`` for each subject in
+        ``neutral``, merged into ``answer`` where it holds other subjects' data."""
+
+    def transform(
+        self, route: RouteMatch, answer: UpstreamAnswer, redact: tuple[str, ...], coarsen: bool
+    ) -> UpstreamAnswer:
+        """Apply ``redact`` (dotted field paths) and ``coarsen`` (score to bucket)."""
+
+
+def bucket_of(score: float) -> str:
+    """Klout's decile bucket: ``"10-19"`` ... ``"90-100"`` (and ``"1-9"`` below 10)."""
+    if score >= 90:
+        return "90-100"
+    if score < 10:
+        return "1-9"
+    low = int(score // 10) * 10
+    return f"{low}-{low + 9}"
