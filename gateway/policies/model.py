@@ -20,16 +20,21 @@ Outcome = Literal["found", "missing", "pending", "throttled", "error", "objected
 ``objected`` is set by the gateway itself, before any upstream call, when the
 subject is on the objection list (GDPR Art. 21)."""
 
-OUTCOMES: tuple[str, ...] = ("found", "missing", "pending", "throttled", "error", "objected")
+OUTCOMES: tuple[Outcome, ...] = ("found", "missing", "pending", "throttled", "error", "objected")
 
 ActionName = Literal["deny", "neutralize", "redact", "coarsen", "limit"]
 
 
 class _Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Base for every policy-file type: immutable, no unknown fields."""
+    """Base for every policy-file type: immutable, no unknown fields.
+
+    Subclasses repeat ``frozen=True, kw_only=True``: msgspec applies ``kw_only`` per
+    class (without it a required field after an optional one is refused at import),
+    and mypy's dataclass check wants ``frozen`` restated.
+    """
 
 
-class Client(_Model):
+class Client(_Model, frozen=True, kw_only=True):
     """An internal system that calls the gateway."""
 
     id: str
@@ -42,7 +47,7 @@ class Client(_Model):
     key_hash: str | None = None
 
 
-class Credential(_Model):
+class Credential(_Model, frozen=True, kw_only=True):
     """Where the upstream expects its key, and where the gateway reads it from."""
 
     env: str | None = None
@@ -51,24 +56,27 @@ class Credential(_Model):
     prefix: str = ""
 
 
-class Terms(_Model):
+class Terms(_Model, frozen=True, kw_only=True):
     """The vendor's terms of use, enforced before the upstream is called."""
 
     calls_per_second: float | None = None
     calls_per_day: int | None = None
     max_cache_age: str | None = None
     banned_purposes: list[str] = []
+    # Why the purposes above are banned, in plain words; shown with every denial
+    # of the implicit rule ``terms.<upstream>.banned-purpose``.
+    reason: str | None = None
     source: str | None = None
 
 
-class Neutral(_Model):
+class Neutral(_Model, frozen=True, kw_only=True):
     """The answer given for a missing, pending or objected subject."""
 
     score: float
     reason: str | None = None
 
 
-class GenericAdapter(_Model):
+class GenericAdapter(_Model, frozen=True, kw_only=True):
     """Configuration of the ``generic`` adapter: an API described entirely in YAML."""
 
     # Where the subject identifier is: ``query:<name>`` or ``path:<index>``
@@ -82,16 +90,16 @@ class GenericAdapter(_Model):
     neutral_content_type: str = "application/json"
     # An answer is ``missing`` when its status is listed, or (when set) its body
     # equals ``missing_body`` after parsing, or the value at ``missing_path`` is empty.
-    missing_status: list[int] = [404]
+    missing_status: list[int] = msgspec.field(default_factory=lambda: [404])
     missing_body: str | None = None
     missing_path: str | None = None
-    pending_status: list[int] = [202]
-    throttled_status: list[int] = [429]
+    pending_status: list[int] = msgspec.field(default_factory=lambda: [202])
+    throttled_status: list[int] = msgspec.field(default_factory=lambda: [429])
     throttled_header: str | None = None
     subject_separator: str | None = None
 
 
-class Upstream(_Model):
+class Upstream(_Model, frozen=True, kw_only=True):
     """A scoring API the gateway may call. Only these hosts are ever contacted."""
 
     name: str
@@ -104,7 +112,7 @@ class Upstream(_Model):
     description: str | None = None
 
 
-class Limit(_Model):
+class Limit(_Model, frozen=True, kw_only=True):
     """A rate or quota held per client or per upstream."""
 
     per: Literal["client", "upstream"] = "client"
@@ -112,7 +120,7 @@ class Limit(_Model):
     calls_per_day: int | None = None
 
 
-class When(_Model):
+class When(_Model, frozen=True, kw_only=True):
     """Conditions of a rule. Every field given must match; a list matches any item.
 
     ``purpose`` matches the purpose and everything under it: ``employment``
@@ -128,7 +136,7 @@ class When(_Model):
     attributes: dict[str, str] | None = None
 
 
-class Rule(_Model):
+class Rule(_Model, frozen=True, kw_only=True):
     """One rule: why it exists, where the law or term is, when it applies, what it does."""
 
     id: str
@@ -140,17 +148,18 @@ class Rule(_Model):
     limit: Limit | None = None
 
 
-class Settings(_Model):
+class Settings(_Model, frozen=True, kw_only=True):
     """Policy-wide switches."""
 
     # Whether a caller may learn that an answer was neutralized (header
     # ``X-Gateway-Neutralized``). Off: neutral answers are indistinguishable.
     reveal_neutralized: bool = False
-    # Purpose used when a client has no default and the request names none.
+    # What happens to a lookup the policy does not know how to judge (an unknown
+    # client, upstream or purpose): always refused, by an implicit ``policy.*`` rule.
     default_decision: Literal["deny"] = "deny"
 
 
-class Policy(_Model):
+class Policy(_Model, frozen=True, kw_only=True):
     """The whole file."""
 
     version: int = 1

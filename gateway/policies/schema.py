@@ -1,0 +1,133 @@
+"""JSON Schema of ``policies.yaml``, so editors complete field names and flag mistakes.
+
+Generated from the model (``msgspec.json.schema(Policy)``), with a plain-words
+description for every field and the formats the loader enforces (purpose names,
+durations). ``gateway policy schema`` prints it; the copy in
+``policy.schema.json`` beside this module is what the modeline at the top of
+``policies.yaml`` points the YAML language server to. A test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.policies.model import Policy
+
+__all__ = ["SCHEMA_FILE", "policy_schema", "schema_json"]
+
+SCHEMA_FILE = Path(__file__).with_name("policy.schema.json")
+
+_PURPOSE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+_DURATION = r"^[1-9][0-9]*[dhms]$"
+
+_HELP: dict[str, dict[str, str]] = {
+    "Policy": {
+        "version": "Format version of this file; 1.",
+        "purposes": "The purpose vocabulary: each purpose name and a one-line meaning. "
+        "Names are lowercase and dotted; a rule on a purpose covers those under it.",
+        "clients": "The internal systems allowed to call the gateway.",
+        "upstreams": "The scoring services the gateway may contact; no other host is.",
+        "objections": "Pseudonyms (hmac-sha256:...) of people who objected to being "
+        "scored; they get the neutral score and are never sent upstream.",
+        "settings": "Policy-wide switches.",
+        "rules": "The rules, in order. Deny wins; every matching rule is listed.",
+    },
+    "Client": {
+        "id": "Short name of the system, used in rules and audit records.",
+        "kind": "What sort of system it is, e.g. hr, crm, support, marketing.",
+        "purposes": "The purposes this system may declare (or narrower ones under them).",
+        "default_purpose": "Purpose used when a request declares none; one of 'purposes'.",
+        "description": "Free text for people reading this file.",
+        "key_hash": "sha256:<hex> of the client's key. Prefer 'gateway clients add'.",
+    },
+    "Upstream": {
+        "name": "Short name; the gateway serves it under /<name>/.",
+        "adapter": "Which API family it is: klout or generic.",
+        "base_url": "http(s) address of the API, without query or fragment.",
+        "credential": "Where the real upstream key goes, and which environment variable holds it.",
+        "terms": "The vendor's terms of use: rate limits, cache age, banned purposes.",
+        "neutral": "The answer given for people without a score.",
+        "generic": "Configuration of the generic adapter (adapter: generic only).",
+        "description": "Free text for people reading this file.",
+    },
+    "Credential": {
+        "env": "Name of the environment variable holding the upstream key.",
+        "query_param": "The key goes in this query parameter (Klout: key).",
+        "header": "The key goes in this header.",
+        "prefix": "Text put before the key, e.g. 'Bearer '.",
+    },
+    "Terms": {
+        "calls_per_second": "Most calls per second the terms allow.",
+        "calls_per_day": "Most calls per day the terms allow.",
+        "max_cache_age": "Longest an answer may be kept: 7d, 24h, 30m or 60s.",
+        "banned_purposes": "Purposes the terms forbid; refused by the rule "
+        "terms.<upstream>.banned-purpose.",
+        "reason": "Why the purposes are banned, in plain words.",
+        "source": "Link to the terms clause.",
+    },
+    "Neutral": {
+        "score": "The score given to people without one (e.g. the population median).",
+        "reason": "Why this value.",
+    },
+    "Rule": {
+        "id": "Short unique name of the rule; denials and audit records name it.",
+        "reason": "Why the rule exists, in plain words.",
+        "source": "The law or terms clause, with a link.",
+        "when": "Conditions; all given must hold. Leave out to apply to every lookup.",
+        "action": "deny, neutralize, redact (needs fields), coarsen, or limit (needs limit).",
+        "fields": "For redact: the answer fields to remove (dotted paths).",
+        "limit": "For limit: calls per second and/or per day.",
+    },
+    "When": {
+        "client": "Client id(s).",
+        "client_kind": "Client kind(s), e.g. hr.",
+        "purpose": "Purpose(s); each covers the purposes under it.",
+        "upstream": "Upstream name(s).",
+        "route": "Route template(s) or glob(s), e.g. /v2/user.json/* ('*' is one "
+        "path segment, '**' any number).",
+        "outcome": "What the upstream said: found, missing, pending, throttled, error, "
+        "objected. Rules without it apply whatever the outcome.",
+        "attributes": "Request attributes that must all be present with these values.",
+    },
+    "Limit": {
+        "per": "Count calls per client (each system its own budget) or per upstream "
+        "(all systems together).",
+        "calls_per_second": "Most calls per second.",
+        "calls_per_day": "Most calls per day.",
+    },
+    "Settings": {
+        "reveal_neutralized": "Whether callers may learn an answer was neutral. Keep false.",
+        "default_decision": "What happens to lookups the policy cannot judge: deny.",
+    },
+}
+
+
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the policy file, with descriptions."""
+    schema: dict[str, Any] = msgspec.json.schema(Policy)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Score gateway policy (policies.yaml)"
+    defs: dict[str, Any] = schema.get("$defs", {})
+    for name, fields in _HELP.items():
+        props = defs.get(name, {}).get("properties", {})
+        for field_name, text in fields.items():
+            if field_name in props:
+                props[field_name]["description"] = text
+    purpose = {"type": "string", "pattern": _PURPOSE}
+    defs["Policy"]["properties"]["purposes"]["propertyNames"] = {"pattern": _PURPOSE}
+    defs["Client"]["properties"]["purposes"]["items"] = purpose
+    defs["Terms"]["properties"]["banned_purposes"]["items"] = purpose
+    cache_age = defs["Terms"]["properties"]["max_cache_age"]
+    for option in cache_age.get("anyOf", []):
+        if option.get("type") == "string":
+            option["pattern"] = _DURATION
+    return schema
+
+
+def schema_json() -> str:
+    """The schema as stable, indented JSON text (what ``gateway policy schema`` prints)."""
+    return json.dumps(policy_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -1,0 +1,231 @@
+"""YAML text to plain Python, remembering where in the file every value came from.
+
+PyYAML's ``yaml.safe_load`` forgets positions and silently keeps the last of two
+equal keys. We ``compose`` instead (the node tree, where every node has a
+``start_mark``), refuse duplicate keys, and build plain dicts, lists and scalars
+while recording, for each JSON path such as ``$.rules[3].when.purpose``, the line
+and column of its value and (for mapping entries) of its key.
+
+Both the policy loader and the YAML test cases read files through here, so both
+report mistakes as ``FILE:LINE:COL: message``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a file: a stable machine ``code``, a human message, a position.
+
+    ``line`` and ``col`` count from 1, like editors do. Rendered as
+    ``FILE:LINE:COL: message``.
+    """
+
+    code: str
+    message: str
+    line: int
+    col: int
+
+    def render(self, filename: str) -> str:
+        return f"{filename}:{self.line}:{self.col}: {self.message}"
+
+
+@dataclass(slots=True)
+class Located:
+    """Plain data from a YAML file, with the position of every value and key."""
+
+    data: Any
+    # JSON path -> (line, col) of the value at that path.
+    values: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # JSON path -> (line, col) of the key that introduced the value at that path.
+    keys: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Problems that did not stop reading (duplicate keys, merge keys); the first of
+    # two equal keys is kept, so later checks still see the rest of the file.
+    problems: list[Problem] = field(default_factory=list)
+
+    def where(self, path: str, *, key: bool = False) -> tuple[int, int]:
+        """The closest known position of ``path``: the path itself or its nearest parent."""
+        table = self.keys if key else self.values
+        probe = path
+        while True:
+            if probe in table:
+                return table[probe]
+            if key and probe in self.values:
+                return self.values[probe]
+            parent = parent_path(probe)
+            if parent == probe:
+                return self.values.get("$", (1, 1))
+            probe = parent
+
+
+class YamlSourceError(Exception):
+    """The text is not YAML we can read; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
+
+
+def parent_path(path: str) -> str:
+    """``$.rules[3].when`` -> ``$.rules[3]`` -> ``$.rules`` -> ``$``."""
+    if path == "$":
+        return path
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else "$"
+
+
+def child_path(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    text = str(key)
+    if text and all(c.isalnum() or c in "_-" for c in text):
+        return f"{path}.{text}"
+    # Keys with dots (purpose names) are quoted so the path stays unambiguous.
+    return f"{path}[{text!r}]"
+
+
+def _pos(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def read_yaml(text: str) -> Located:
+    """Compose ``text`` and convert it.
+
+    A syntax error stops reading and raises :class:`YamlSourceError`; duplicate keys
+    and the like do not: they are collected in ``Located.problems``.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = exc.problem or "this is not valid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        raise YamlSourceError(
+            [
+                Problem(
+                    "yaml.syntax",
+                    f"the file is not valid YAML: {what}{context}; check the indentation, "
+                    "colons and quotes on this line and the one before",
+                    line,
+                    col,
+                )
+            ]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise YamlSourceError(
+            [Problem("yaml.syntax", f"the file is not valid YAML: {exc}", 1, 1)]
+        ) from None
+    located = Located(data=None)
+    if root is None:
+        return located
+    constructor = SafeConstructor()
+    located.data = _convert(root, "$", located, located.problems, constructor, set())
+    return located
+
+
+def _convert(
+    node: Node,
+    path: str,
+    located: Located,
+    problems: list[Problem],
+    constructor: SafeConstructor,
+    active: set[int],
+) -> Any:
+    located.values[path] = _pos(node)
+    if id(node) in active:
+        line, col = _pos(node)
+        problems.append(
+            Problem("yaml.recursive", "an alias refers to itself; write the value out", line, col)
+        )
+        return None
+    if isinstance(node, ScalarNode):
+        if node.tag == _TIMESTAMP:
+            # A date is kept as the text written; no field of ours is a date.
+            return node.value
+        value = constructor.construct_object(node, deep=True)
+        if isinstance(value, datetime.date):
+            return node.value
+        return value
+    active.add(id(node))
+    try:
+        if isinstance(node, SequenceNode):
+            return [
+                _convert(item, child_path(path, i), located, problems, constructor, active)
+                for i, item in enumerate(node.value)
+            ]
+        if isinstance(node, MappingNode):
+            return _convert_mapping(node, path, located, problems, constructor, active)
+    finally:
+        active.discard(id(node))
+    line, col = _pos(node)  # pragma: no cover - PyYAML has only the three node kinds
+    problems.append(Problem("yaml.node", "unexpected YAML node", line, col))
+    return None
+
+
+def _convert_mapping(
+    node: MappingNode,
+    path: str,
+    located: Located,
+    problems: list[Problem],
+    constructor: SafeConstructor,
+    active: set[int],
+) -> dict[Any, Any]:
+    result: dict[Any, Any] = {}
+    first_seen: dict[Any, tuple[int, int]] = {}
+    for key_node, value_node in node.value:
+        line, col = _pos(key_node)
+        if key_node.tag == _MERGE:
+            problems.append(
+                Problem(
+                    "yaml.merge",
+                    "merge keys ('<<') are not supported in this file; "
+                    "write the fields out in full",
+                    line,
+                    col,
+                )
+            )
+            continue
+        if not isinstance(key_node, ScalarNode):
+            problems.append(
+                Problem(
+                    "yaml.key",
+                    "a key must be a plain word, not a list or a mapping",
+                    line,
+                    col,
+                )
+            )
+            continue
+        key = constructor.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            # Keys are names; ``yes:`` or ``10:`` become text, as written.
+            key = key_node.value
+        if key in first_seen:
+            first_line, first_col = first_seen[key]
+            problems.append(
+                Problem(
+                    "yaml.duplicate_key",
+                    f"the key '{key}' is given twice in the same mapping (first at line "
+                    f"{first_line}, column {first_col}); keep only one of them",
+                    line,
+                    col,
+                )
+            )
+            continue
+        first_seen[key] = (line, col)
+        child = child_path(path, key)
+        located.keys[child] = (line, col)
+        result[key] = _convert(value_node, child, located, problems, constructor, active)
+    return result
