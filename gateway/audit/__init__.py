@@ -1,1 +1,16 @@
-"""The signed, append-only audit log: record, log, store, export, verify."""
+"""The signed, append-only audit log: record, log, store, export, verify.
+
+Read in this order:
+
+* ``record.py``      :class:`AuditRecord` and its canonical bytes (the Merkle leaf).
+* ``log.py``         :class:`AuditLog`: fail-closed ``append`` with group commit in
+                     one writer thread; checkpoints; crash recovery.
+* ``merkle.py``      RFC 6962 leaf/node hashing, frontier, compact ranges, proofs.
+* ``checkpoint.py``  the signed note ``origin / size / root / time``.
+* ``signing.py``     Ed25519 key ring in ``<data_dir>/keys``, key ids, rotation.
+* ``store.py``       SQLModel tables on SQLite or PostgreSQL; the batch writer; sequencing.
+* ``export.py``      streaming JSONL export (the format an auditor implements) and CSV.
+* ``verify.py``      the offline verifier: one failure code per step.
+* ``subject.py``     subject access by pseudonym, with inclusion proofs.
+* ``commands.py``    ``gateway audit export|verify|subject`` and ``gateway keys ...``.
+"""

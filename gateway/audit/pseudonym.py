@@ -27,6 +27,10 @@ class Pseudonymizer:
         message = namespace.encode() + b"\x00" + identifier.encode()
         return "hmac-sha256:" + hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
+    def derive(self, label: bytes) -> bytes:
+        """A separate key for another purpose (neutral identifiers), from the same secret."""
+        return hmac.new(self._key, b"derive\x00" + label, hashlib.sha256).digest()
+
     @classmethod
     def load_or_create(cls, data_dir: Path) -> Pseudonymizer:
         """Read the key from ``data_dir``, creating it (mode 0600) on first use."""
