@@ -9,6 +9,7 @@ unexpected exception becomes a generic 500 problem without internals.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -52,8 +53,9 @@ class GatewayError(Exception):
         self.detail = detail
         if code is not None:
             self.code = code
-        if status is not None:
+        if status is not None and status != self.status:
             self.status = status
+            self.title = HTTPStatus(status).phrase
         self.headers = headers or {}
         self.extra = extra or {}
 

@@ -107,7 +107,12 @@ def read_yaml(text: str) -> Located:
     and the like do not: they are collected in ``Located.problems``.
     """
     try:
+        _check_structure(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except _StructureError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise YamlSourceError([Problem("yaml.structure", str(exc.problem), line, col)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -134,6 +139,38 @@ def read_yaml(text: str) -> Located:
     constructor = SafeConstructor()
     located.data = _convert(root, "$", located, located.problems, constructor, set())
     return located
+
+
+#: Deeper than any policy needs; PyYAML's composer recurses once per level.
+MAX_DEPTH = 32
+
+
+class _StructureError(yaml.MarkedYAMLError):
+    pass
+
+
+def _check_structure(text: str) -> None:
+    """Refuse, before composing, what a policy never needs and an attacker loves:
+    anchors and aliases ("billion laughs": each alias expands to a whole subtree)
+    and nesting deep enough to exhaust the composer's recursion. The event parser
+    is iterative, so this scan is linear in the text and cannot recurse."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _StructureError(
+                problem="anchors (&name) and aliases (*name) are not allowed in a policy file; "
+                "write each value out",
+                problem_mark=event.start_mark,  # type: ignore[arg-type]
+            )
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _StructureError(
+                    problem=f"the file nests deeper than {MAX_DEPTH} levels",
+                    problem_mark=event.start_mark,  # type: ignore[arg-type]
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def _convert(

@@ -21,6 +21,10 @@ import msgspec
 from gateway.policies.model import Outcome
 
 
+class InvalidSubject(ValueError):
+    """An identifier outside the API's charset: refused, never forwarded."""
+
+
 class Subject(msgspec.Struct, frozen=True):
     """One identifier of a person, in the namespace it belongs to.
 
@@ -69,6 +73,9 @@ class Adapter(Protocol):
     def match(self, method: str, path: str, query: list[tuple[str, str]]) -> RouteMatch | None:
         """Return the route and subjects, or ``None`` for a route this API lacks."""
 
+    def subjects_for(self, identifier: str) -> tuple[Subject, ...]:
+        """Every subject ``identifier`` may be in this API (for subject access)."""
+
     def without_subjects(
         self, route: RouteMatch, path: str, query: list[tuple[str, str]], drop: set[Subject]
     ) -> tuple[str, list[tuple[str, str]]] | None:
@@ -91,6 +98,10 @@ class Adapter(Protocol):
         self, route: RouteMatch, answer: UpstreamAnswer, redact: tuple[str, ...], coarsen: bool
     ) -> UpstreamAnswer:
         """Apply ``redact`` (dotted field paths) and ``coarsen`` (score to bucket)."""
+
+    def canonical(self, answer: UpstreamAnswer) -> UpstreamAnswer:
+        """Re-encode a success answer exactly as neutral answers are encoded, so
+        formatting never tells a real answer from a neutral one."""
 
 
 def bucket_of(score: float) -> str:

@@ -271,7 +271,7 @@ def test_version_ignores_comments_and_formatting() -> None:
         pytest.param("", "it is an empty file", id="empty"),
         pytest.param("- a\n- b\n", "it is a list", id="list"),
         pytest.param("a: &x [*x]\n", "", id="recursive-alias"),
-        pytest.param("base: &b {sales: x}\npurposes:\n  <<: *b\n", "merge keys", id="merge-key"),
+        pytest.param("base: &b {sales: x}\npurposes:\n  <<: *b\n", "anchors", id="merge-key"),
         pytest.param("purposes: {}\n---\nother: 1\n", "not valid YAML", id="two-documents"),
     ],
 )

@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from gateway.server import uvicorn_options
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -21,21 +23,22 @@ def free_port() -> int:
 
 
 class _ThreadServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test runner owns signals
-        pass
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the host process owns signals
+        yield
 
 
 @contextlib.contextmanager
 def serve_asgi(app: Any, *, port: int | None = None, **config: Any) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 in a background thread; yield its base URL.
 
-    The server runs its own event loop, so the app's lifespan, its upstream client
-    and its audit writer all run exactly as in production.
+    The server runs its own event loop, with the options ``gateway serve`` uses
+    (``gateway.server.uvicorn_options``), so the app's lifespan, its upstream client,
+    its audit writer and the connection guards all run exactly as in production.
     """
     port = port or free_port()
-    cfg = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto", **config
-    )
+    options = {**uvicorn_options(log_level="warning"), **config}
+    cfg = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="auto", **options)
     server = _ThreadServer(cfg)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()

@@ -1,0 +1,295 @@
+"""The ``gateway`` command: serve, demo-upstream, clients, admin-token, policy, audit, keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from gateway import __version__
+from gateway.settings import Settings, from_env, parse_upstream_overrides
+
+SETTINGS_ENV = "GATEWAY__SETTINGS_JSON"  # hands settings to uvicorn worker processes
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    env = from_env()
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        default=env.get("demo", False),
+        help="add the bundled Klout simulator and the demo clients",
+    )
+    p.add_argument("--host", default=env.get("host", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(str(env.get("port", 8080))))
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(str(env.get("data_dir", "var"))),
+        help="keys and the embedded audit store (default ./var)",
+    )
+    p.add_argument("--policies", type=Path, default=Path(str(env.get("policies", "policies.yaml"))))
+    p.add_argument(
+        "--database-url",
+        default=env.get("database_url"),
+        help="PostgreSQL URL for an audit store shared by several replicas",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=env.get("redis_url"),
+        help="Redis URL for quotas shared by several replicas",
+    )
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=list(env.get("upstream", [])),  # type: ignore[call-overload]
+        metavar="NAME=URL",
+        help="point a configured upstream at another base URL",
+    )
+    p.add_argument(
+        "--demo-upstream-port",
+        type=int,
+        default=0,
+        help="port of the bundled simulator in demo mode (default: any free port)",
+    )
+    p.add_argument("--workers", type=int, default=int(str(env.get("workers", 1))))
+    p.add_argument(
+        "--otlp-endpoint",
+        default=env.get("otlp_endpoint"),
+        help="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces",
+    )
+    p.add_argument("--log-level", default=env.get("log_level", "info"))
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    try:
+        overrides = parse_upstream_overrides(args.upstream)
+    except ValueError as exc:
+        print(f"gateway serve: {exc}", file=sys.stderr)
+        return 2
+    settings = Settings(
+        demo=args.demo,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        policies=args.policies,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        upstream_overrides=overrides,
+        demo_upstream_port=args.demo_upstream_port,
+        workers=args.workers,
+        otlp_endpoint=args.otlp_endpoint,
+        log_level=args.log_level,
+    )
+    problem = _preflight(settings)
+    if problem:
+        print(f"gateway serve: {problem}", file=sys.stderr)
+        return 1
+    from gateway.telemetry import configure_logging
+
+    configure_logging(settings.log_level)
+    from gateway.server import uvicorn_options
+
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        **uvicorn_options(log_level=settings.log_level),
+    }
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
+        uvicorn.run("gateway.cli:app_from_env", factory=True, workers=settings.workers, **common)
+    else:
+        from gateway.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def app_from_env() -> object:
+    """The app for a uvicorn worker process, from settings the parent serialised."""
+    from gateway.app import create_app
+
+    settings = msgspec.json.decode(os.environ[SETTINGS_ENV].encode(), type=Settings)
+    return create_app(settings)
+
+
+def _preflight(settings: Settings) -> str | None:
+    """Problems that must stop the start, with a message an operator can act on."""
+    from gateway.app import policy_path
+    from gateway.audit.signing import KeyRing, SigningKeyError
+    from gateway.policies.loader import PolicyError, read_policy
+
+    path = policy_path(settings)
+    if not path.exists():
+        return f"{path}: no such policy file (use --policies, or --demo for the bundled one)"
+    try:
+        read_policy(path)
+    except PolicyError as exc:
+        return "the policy file has errors:\n" + "\n".join(exc.lines())
+    try:
+        KeyRing.load_or_create(settings.data_dir)
+    except SigningKeyError as exc:
+        return f"{exc.code}: {exc.detail}"
+    except OSError as exc:
+        return (
+            f"audit.signing_key_invalid: cannot read the signing keys in {settings.data_dir}: {exc}"
+        )
+    return None
+
+
+def _demo_upstream_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo-upstream", help="run the simulated Klout API alone")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--v1-missing-status", type=int, choices=(200, 404), default=200)
+    p.set_defaults(func=cmd_demo_upstream)
+
+
+def cmd_demo_upstream(args: argparse.Namespace) -> int:
+    from gateway.demo.upstream import DemoUpstreamConfig, run_demo_upstream
+
+    config = DemoUpstreamConfig(v1_missing_status=args.v1_missing_status)
+    print(f"demo Klout upstream on http://{args.host}:{args.port} (key: demo-klout-upstream-key)")
+    asyncio.run(run_demo_upstream(args.host, args.port, config))
+    return 0
+
+
+def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("clients", help="manage client systems and their keys")
+    csub = p.add_subparsers(dest="clients_command", required=True)
+    add = csub.add_parser("add", help="declare a client (if new) and print a new key once")
+    add.add_argument("id")
+    add.add_argument("--kind", required=True, help="hr, crm, support, marketing, ...")
+    add.add_argument(
+        "--purpose",
+        action="append",
+        required=True,
+        dest="purposes",
+        help="a purpose it is registered for (repeat for several)",
+    )
+    add.add_argument("--default-purpose")
+    add.add_argument("--policies", type=Path, default=Path("policies.yaml"))
+    add.add_argument("--data-dir", type=Path, default=Path("var"))
+    add.set_defaults(func=cmd_clients_add)
+
+
+def cmd_clients_add(args: argparse.Namespace) -> int:
+    from gateway.clients import declare_client, issue_client_key
+    from gateway.policies.loader import PolicyError
+
+    try:
+        declared = declare_client(
+            args.policies, args.id, args.kind, args.purposes, args.default_purpose
+        )
+    except PolicyError as exc:
+        print("gateway clients add: the policy would not be valid:", file=sys.stderr)
+        for line in exc.lines():
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"gateway clients add: {exc}", file=sys.stderr)
+        return 1
+    key = issue_client_key(args.data_dir, args.id)
+    if declared:
+        print(f"declared client {args.id!r} in {args.policies}")
+    print(f"key for {args.id!r} (shown once; only its hash is stored in {args.data_dir}):")
+    print(key)
+    return 0
+
+
+def _objections_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("objections", help="record a person's objection to scoring (GDPR Art. 21)")
+    osub = p.add_subparsers(dest="objections_command", required=True)
+    add = osub.add_parser(
+        "add", help="add a person to the objection list (stored as keyed pseudonyms only)"
+    )
+    add.add_argument("--upstream", required=True, help="the upstream they are known at, e.g. klout")
+    add.add_argument("--subject", required=True, help="their identifier there (name or id)")
+    add.add_argument("--policies", type=Path, default=Path("policies.yaml"))
+    add.add_argument("--data-dir", type=Path, default=Path("var"))
+    add.set_defaults(func=cmd_objections_add)
+
+
+def cmd_objections_add(args: argparse.Namespace) -> int:
+    from gateway.audit.pseudonym import Pseudonymizer
+    from gateway.policies.edit import append_to_list, write_checked
+    from gateway.policies.loader import PolicyError, parse_policy
+    from gateway.upstreams.registry import build_adapter
+
+    try:
+        text = args.policies.read_text(encoding="utf-8")
+        policy = parse_policy(text, filename=str(args.policies)).policy
+    except (OSError, PolicyError) as exc:
+        print(f"gateway objections add: {exc}", file=sys.stderr)
+        return 1
+    upstream = next((u for u in policy.upstreams if u.name == args.upstream), None)
+    if upstream is None:
+        names = ", ".join(u.name for u in policy.upstreams)
+        print(
+            f"gateway objections add: no upstream {args.upstream!r} (have: {names})",
+            file=sys.stderr,
+        )
+        return 1
+    subjects = build_adapter(upstream, bytes(32)).subjects_for(args.subject)
+    if not subjects:
+        print("gateway objections add: that identifier is not one this API uses", file=sys.stderr)
+        return 1
+    pseudonyms = Pseudonymizer.load_or_create(args.data_dir)
+    new = [pseudonyms.pseudonym(s.namespace, s.identifier) for s in subjects]
+    new = [p for p in new if p not in policy.objections]
+    if new:
+        write_checked(args.policies, append_to_list(text, "objections", new))
+    # The raw identifier is not echoed: terminals and CI logs keep scrollback.
+    print(f"{len(new)} pseudonym(s) added to the objection list in {args.policies}")
+    return 0
+
+
+def _admin_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("admin-token", help="create an admin token for /admin (shown once)")
+    p.add_argument("--data-dir", type=Path, default=Path("var"))
+    p.set_defaults(func=cmd_admin_token)
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    from gateway.clients import issue_admin_token
+
+    token = issue_admin_token(args.data_dir)
+    print(f"admin token (shown once; only its hash is stored in {args.data_dir}):")
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="A privacy-preserving gateway for people-scoring APIs.",
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _demo_upstream_parser(sub)
+    _clients_parser(sub)
+    _objections_parser(sub)
+    _admin_token_parser(sub)
+    from gateway.audit import commands as audit_commands
+    from gateway.policies import commands as policy_commands
+
+    policy_commands.register(sub)
+    audit_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code

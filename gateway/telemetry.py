@@ -1,0 +1,127 @@
+"""Telemetry: Prometheus metrics and OpenTelemetry traces, with no personal data.
+
+Metric labels and span attributes carry client ids, purposes, upstream names,
+route templates, rule ids and outcomes; never a subject identifier, a pseudonym
+or a score. Traces are off unless an OTLP endpoint is configured; then spans are
+exported in the background through a bounded queue, so a collector that is down
+drops spans, never requests (reliability.md catalogue 2 #20).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+SERVICE_NAME = "score-gateway"
+
+
+def make_tracer(otlp_endpoint: str | None) -> tuple[trace.Tracer, TracerProvider | None]:
+    """A real tracer exporting to ``otlp_endpoint``, or a no-op one."""
+    if not otlp_endpoint:
+        return trace.NoOpTracer(), None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=otlp_endpoint, timeout=2),
+            max_queue_size=2048,
+            export_timeout_millis=2000,
+        )
+    )
+    return provider.get_tracer("gateway"), provider
+
+
+class Metrics:
+    """The gateway's metrics in a registry of its own (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.lookups = Counter(
+            "gateway_lookups_total",
+            "Lookups by decision, purpose, upstream, client and outcome.",
+            ["decision", "purpose", "upstream", "client", "outcome", "status"],
+            registry=r,
+        )
+        self.rule_matches = Counter(
+            "gateway_rule_matches_total", "Lookups each policy rule matched.", ["rule"], registry=r
+        )
+        self.lookup_seconds = Histogram(
+            "gateway_lookup_seconds", "Time to answer a lookup.", ["upstream"], registry=r
+        )
+        self.upstream_seconds = Histogram(
+            "gateway_upstream_seconds", "Upstream round-trip time.", ["upstream"], registry=r
+        )
+        self.audit_commit_seconds = Gauge(
+            "gateway_audit_commit_seconds", "Duration of the last audit group commit.", registry=r
+        )
+        self.audit_queue_depth = Gauge(
+            "gateway_audit_queue_depth", "Audit records waiting for their commit.", registry=r
+        )
+        self.policy_reloads = Counter(
+            "gateway_policy_reloads_total", "Policy reloads by result.", ["result"], registry=r
+        )
+
+    def lookup(self, lookup: Any, seconds: float) -> None:
+        upstream = lookup.upstream or "-"
+        self.lookups.labels(
+            lookup.decision or "error",
+            lookup.purpose or "-",
+            upstream,
+            lookup.client or "-",
+            lookup.outcome or "-",
+            str(lookup.status or 0),
+        ).inc()
+        for rule in lookup.rules:
+            self.rule_matches.labels(rule).inc()
+        self.lookup_seconds.labels(upstream).observe(seconds)
+
+    def upstream_latency(self, upstream: str, seconds: float) -> None:
+        self.upstream_seconds.labels(upstream).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line; control characters escaped by the encoder, fields
+    capped, so no caller-supplied byte can forge a log line (uvicorn CVE-2020-7694)."""
+
+    MAX_FIELD = 2000
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage()[: self.MAX_FIELD],
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id is not None:
+            entry["request_id"] = str(request_id)[:64]
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = record.exc_info[0].__name__
+        return json.dumps(entry, ensure_ascii=True)
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr for the gateway and the server it runs in."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True

@@ -1,0 +1,388 @@
+"""Klout API v1 and v2 (reference/upstream-apis.md §1).
+
+v1 (``/1/...``) takes ``users=`` lists of up to 5 Twitter screen names and answers
+``{"status":200,"users":[...]}`` with only the users it knows; when it knows none it
+answers ``{"status":200,"headers":[],"body":{"error":"No users"}}`` with HTTP 200
+or 404: the same body for a person who opted out and one who never existed.
+
+v2 (``/v2/...``) is a two-step flow: resolve a network identity to a kloutId, then
+read the user by kloutId; unknown people are a 404. So that a neutral answer works
+for the *whole* flow, the identity step of a missing person yields a **neutral
+kloutId**: 18 digits like a real one, whose last 9 digits are a keyed MAC of the
+first 9. The gateway recognises such ids on the next step and answers them itself,
+without asking the upstream about an id it invented. A real kloutId passes the MAC
+check by chance with probability 1e-9; such a person would get the neutral answer,
+never a wrong person's score.
+
+Mashery fronted the API: over-limit answers are **HTTP 403**, not 429, with
+``X-Mashery-Error-Code: ERR_403_DEVELOPER_OVER_QPS`` or ``_OVER_RATE`` (§1.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from typing import Any
+
+import msgspec
+
+from gateway.policies.model import Outcome
+from gateway.upstreams.base import (
+    Classification,
+    InvalidSubject,
+    RouteMatch,
+    Subject,
+    UpstreamAnswer,
+    bucket_of,
+)
+from gateway.upstreams.transform import redact as redact_path
+
+CONTENT_TYPE = "application/json; charset=utf-8"
+MAX_V1_USERS = 5
+
+# Twitter screen names: 1-15 letters, digits, underscore. Ids: digits only (the
+# PHP SDK validates tw/gp/ig/ks ids with ``Digits``). A strict charset keeps
+# CR/LF/NUL and path tricks out of anything forwarded (reliability.md #7).
+SCREEN_NAME = re.compile(r"[A-Za-z0-9_]{1,15}")
+NUMERIC_ID = re.compile(r"[0-9]{1,20}")
+
+V1_ROUTES = {
+    "/1/klout.json",
+    "/1/users/show.json",
+    "/1/users/topics.json",
+    "/1/soi/influenced_by.json",
+    "/1/soi/influencer_of.json",
+}
+IDENTITY_NETWORKS = {"tw": "twitter_id", "gp": "google_id", "ig": "instagram_id"}
+USER_SUFFIXES = {"", "/score", "/topics", "/influence"}
+THROTTLE_CODES = {"ERR_403_DEVELOPER_OVER_QPS", "ERR_403_DEVELOPER_OVER_RATE"}
+
+_encode = msgspec.json.Encoder().encode
+
+
+class KloutAdapter:
+    """Klout v1 + v2. ``id_key`` keys the neutral kloutIds (from the data directory)."""
+
+    success_content_type = CONTENT_TYPE
+
+    def __init__(self, name: str, id_key: bytes) -> None:
+        self.name = name
+        self._id_key = id_key
+
+    # -- neutral ids -------------------------------------------------------------
+
+    def _mac(self, label: bytes, message: str, digits: int) -> str:
+        mac = hmac.new(self._id_key, label + b"\x00" + message.encode(), hashlib.sha256).digest()
+        return str(int.from_bytes(mac[:8], "big") % 10**digits).zfill(digits)
+
+    def neutral_klout_id(self, subject: Subject) -> str:
+        """A stable, per-person kloutId the gateway will recognise as its own."""
+        prefix = "1" + self._mac(b"klout-id", f"{subject.namespace}:{subject.identifier}", 8)
+        return prefix + self._mac(b"klout-id-mac", prefix, 9)
+
+    def is_neutral_klout_id(self, klout_id: str) -> bool:
+        if len(klout_id) != 18:
+            return False
+        return hmac.compare_digest(klout_id[9:], self._mac(b"klout-id-mac", klout_id[:9], 9))
+
+    def _neutral_numeric(self, label: str, subject: Subject, digits: int) -> str:
+        message = f"{subject.namespace}:{subject.identifier}"
+        return "1" + self._mac(label.encode(), message, digits - 1)
+
+    # -- matching ------------------------------------------------------------------
+
+    def match(self, method: str, path: str, query: list[tuple[str, str]]) -> RouteMatch | None:
+        if method != "GET":
+            return None
+        if path in V1_ROUTES:
+            users = [v for k, v in query if k == "users"]
+            if len(users) != 1:
+                raise InvalidSubject("v1 routes take exactly one users= parameter")
+            names = users[0].split(",")
+            if not 1 <= len(names) <= MAX_V1_USERS:
+                raise InvalidSubject(f"users= takes 1 to {MAX_V1_USERS} screen names")
+            subjects = tuple(_screen_name(n) for n in names)
+            if len(set(subjects)) != len(subjects):
+                raise InvalidSubject("users= names a person twice")
+            return RouteMatch(template=path, subjects=subjects)
+        if not path.startswith("/v2/"):
+            return None
+        parts = path[4:].split("/")
+        if parts[0] == "identity.json":
+            return self._match_identity(parts[1:], query)
+        if parts[0] == "user.json" and len(parts) in (2, 3):
+            klout_id = parts[1]
+            suffix = "/" + parts[2] if len(parts) == 3 else ""
+            if suffix not in USER_SUFFIXES:
+                return None
+            subject = Subject("klout_id", _numeric(klout_id))
+            template = "/v2/user.json/{kloutId}" + suffix
+            if self.is_neutral_klout_id(klout_id):
+                return RouteMatch(template=template, subjects=(subject,), local_subjects=(subject,))
+            return RouteMatch(template=template, subjects=(subject,))
+        return None
+
+    def _match_identity(self, parts: list[str], query: list[tuple[str, str]]) -> RouteMatch | None:
+        if len(parts) == 2 and parts[0] in IDENTITY_NETWORKS:
+            subject = Subject(IDENTITY_NETWORKS[parts[0]], _numeric(parts[1]))
+            return RouteMatch(template=f"/v2/identity.json/{parts[0]}/{{id}}", subjects=(subject,))
+        if parts == ["twitter"]:
+            names = [v for k, v in query if k == "screenName"]
+            if len(names) != 1:
+                raise InvalidSubject("identity.json/twitter takes exactly one screenName=")
+            return RouteMatch(
+                template="/v2/identity.json/twitter", subjects=(_screen_name(names[0]),)
+            )
+        if len(parts) == 3 and parts[0] == "klout" and parts[2] in ("tw", "gp"):
+            klout_id = parts[1]
+            subject = Subject("klout_id", _numeric(klout_id))
+            template = f"/v2/identity.json/klout/{{kloutId}}/{parts[2]}"
+            local = (subject,) if self.is_neutral_klout_id(klout_id) else ()
+            return RouteMatch(template=template, subjects=(subject,), local_subjects=local)
+        return None
+
+    def subjects_for(self, identifier: str) -> tuple[Subject, ...]:
+        """A screen name, or any numeric id: Twitter, Google+, Instagram or kloutId."""
+        subjects: list[Subject] = []
+        if SCREEN_NAME.fullmatch(identifier):
+            subjects.append(Subject("twitter_screen_name", identifier.lower()))
+        if NUMERIC_ID.fullmatch(identifier):
+            namespaces = [*IDENTITY_NETWORKS.values(), "klout_id"]
+            subjects += [Subject(ns, identifier) for ns in namespaces]
+        return tuple(subjects)
+
+    def without_subjects(
+        self, route: RouteMatch, path: str, query: list[tuple[str, str]], drop: set[Subject]
+    ) -> tuple[str, list[tuple[str, str]]] | None:
+        keep = [s for s in route.subjects if s not in drop]
+        if not keep:
+            return None
+        if route.template in V1_ROUTES:
+            users = ",".join(s.identifier for s in keep)
+            return path, [(k, users if k == "users" else v) for k, v in query]
+        return path, query
+
+    # -- classification ------------------------------------------------------------
+
+    def classify(self, route: RouteMatch, answer: UpstreamAnswer) -> Classification:
+        status = answer.status
+        throttled = _is_throttle(answer)
+        if throttled:
+            return _uniform(route, "throttled")
+        if status == 202:
+            return _uniform(route, "pending")
+        if route.template in V1_ROUTES:
+            return self._classify_v1(route, answer)
+        if status == 404:
+            return _uniform(route, "missing")
+        if status == 200:
+            doc = _json(answer.body)
+            if doc is None or not _v2_shape_ok(route.template, doc):
+                return _uniform(route, "error")
+            return _uniform(route, "found")
+        return _uniform(route, "error")
+
+    def _classify_v1(self, route: RouteMatch, answer: UpstreamAnswer) -> Classification:
+        if answer.status not in (200, 404):
+            return _uniform(route, "error")
+        doc = _json(answer.body)
+        if not isinstance(doc, dict):
+            return _uniform(route, "error")
+        body = doc.get("body")
+        if isinstance(body, dict) and body.get("error") == "No users":
+            return _uniform(route, "missing")
+        users = doc.get("users")
+        if answer.status != 200 or not isinstance(users, list):
+            return _uniform(route, "error")
+        known: set[str] = set()
+        for user in users:
+            if not isinstance(user, dict) or not isinstance(user.get("twitter_screen_name"), str):
+                return _uniform(route, "error")
+            known.add(user["twitter_screen_name"].lower())
+        per: dict[Subject, Outcome] = {
+            s: ("found" if s.identifier in known else "missing") for s in route.subjects
+        }
+        overall: Outcome = "found" if any(o == "found" for o in per.values()) else "missing"
+        return Classification(outcome=overall, per_subject=per)
+
+    # -- neutral answers -----------------------------------------------------------
+
+    def neutral_answer(
+        self,
+        route: RouteMatch,
+        answer: UpstreamAnswer | None,
+        neutral: set[Subject],
+        score: float,
+    ) -> UpstreamAnswer:
+        template = route.template
+        if template in V1_ROUTES:
+            doc = _json(answer.body) if answer is not None and answer.status == 200 else None
+            existing = {}
+            if isinstance(doc, dict) and isinstance(doc.get("users"), list):
+                existing = {u["twitter_screen_name"].lower(): u for u in doc["users"]}
+            users = []
+            for subject in route.subjects:
+                if subject in neutral or subject.identifier not in existing:
+                    users.append(self._v1_neutral_user(template, subject, score))
+                else:
+                    users.append(existing[subject.identifier])
+            return _ok({"status": 200, "users": users})
+        subject = route.subjects[0]
+        return _ok(self._v2_neutral(template, subject, score))
+
+    def _v1_neutral_user(self, template: str, subject: Subject, score: float) -> dict[str, Any]:
+        name = subject.identifier
+        if template == "/1/klout.json":
+            return {"twitter_screen_name": name, "kscore": score}
+        if template == "/1/users/show.json":
+            return {
+                "twitter_id": self._neutral_numeric("twitter-id", subject, 9),
+                "twitter_screen_name": name,
+                "score": {
+                    "kscore": score,
+                    "slope": 0.0,
+                    "description": "",
+                    "kclass_id": 1,
+                    "kclass": "Observer",
+                    "kclass_description": "",
+                    "kscore_description": "",
+                    "network_score": score,
+                    "amplification_score": score,
+                    "true_reach": 0,
+                    "delta_1day": 0.0,
+                    "delta_5day": 0.0,
+                },
+            }
+        if template == "/1/users/topics.json":
+            return {"twitter_screen_name": name, "topics": []}
+        key = "influencers" if template.endswith("influenced_by.json") else "influencees"
+        return {"twitter_screen_name": name, key: []}
+
+    def _v2_neutral(self, template: str, subject: Subject, score: float) -> Any:
+        deltas = {"dayChange": 0.0, "weekChange": 0.0, "monthChange": 0.0}
+        if template.startswith("/v2/identity.json/klout/"):
+            network = template.rsplit("/", 1)[1]
+            return {"id": self._neutral_numeric(f"{network}-id", subject, 9), "network": network}
+        if template.startswith("/v2/identity.json/"):
+            return {"id": self.neutral_klout_id(subject), "network": "ks"}
+        klout_id = subject.identifier
+        if template == "/v2/user.json/{kloutId}":
+            return {
+                "kloutId": klout_id,
+                "score": {"score": score, "bucket": bucket_of(score)},
+                "scoreDeltas": deltas,
+            }
+        if template.endswith("/score"):
+            return {"score": score, "scoreDelta": deltas, "bucket": bucket_of(score)}
+        if template.endswith("/topics"):
+            return []
+        return {
+            "myInfluencers": [],
+            "myInfluencees": [],
+            "myInfluencersCount": 0,
+            "myInfluenceesCount": 0,
+        }
+
+    # -- transforms ------------------------------------------------------------------
+
+    def transform(
+        self, route: RouteMatch, answer: UpstreamAnswer, redact: tuple[str, ...], coarsen: bool
+    ) -> UpstreamAnswer:
+        doc = _json(answer.body)
+        if doc is None:
+            return answer
+        if coarsen:
+            _coarsen(doc)
+        for path in redact:
+            redact_path(doc, path)
+        return _ok(doc, status=answer.status)
+
+    def canonical(self, answer: UpstreamAnswer) -> UpstreamAnswer:
+        """Re-encode a JSON success answer exactly as neutral answers are encoded,
+        so formatting never tells a real answer from a neutral one."""
+        doc = _json(answer.body)
+        return answer if doc is None else _ok(doc, status=answer.status)
+
+
+def _coarsen(node: Any) -> None:
+    """Replace every score with its decile's lower bound and drop deltas.
+
+    "Display-only" use (EU AI Act Art. 5(1)(c) risk): the bucket stays readable,
+    the precision that would rank people is gone.
+    """
+    if isinstance(node, list):
+        for item in node:
+            _coarsen(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for key in ("scoreDelta", "scoreDeltas"):
+        node.pop(key, None)
+    for key in ("slope", "delta_1day", "delta_5day"):
+        if key in node:
+            node[key] = 0.0
+    for key in ("score", "kscore", "network_score", "amplification_score"):
+        value = node.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            bucket = bucket_of(float(value))
+            node[key] = float(bucket.split("-")[0])
+            if key == "score":
+                node["bucket"] = bucket
+    for value in node.values():
+        if isinstance(value, (dict, list)):
+            _coarsen(value)
+
+
+def _screen_name(name: str) -> Subject:
+    if not SCREEN_NAME.fullmatch(name):
+        raise InvalidSubject("a Twitter screen name is 1-15 letters, digits or underscores")
+    # Twitter screen names are case-insensitive: one person, one pseudonym.
+    return Subject("twitter_screen_name", name.lower())
+
+
+def _numeric(value: str) -> str:
+    if not NUMERIC_ID.fullmatch(value):
+        raise InvalidSubject("this identifier is 1-20 digits")
+    return value
+
+
+def _is_throttle(answer: UpstreamAnswer) -> bool:
+    if answer.status == 429:
+        return True
+    if answer.status != 403:
+        return False
+    return any(k == "x-mashery-error-code" and v in THROTTLE_CODES for k, v in answer.headers)
+
+
+def _uniform(route: RouteMatch, outcome: Outcome) -> Classification:
+    return Classification(outcome=outcome, per_subject={s: outcome for s in route.subjects})
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _v2_shape_ok(template: str, doc: Any) -> bool:
+    """Enough of the documented shape that a caller will not misread it as a score."""
+    if template.startswith("/v2/identity.json/"):
+        return isinstance(doc, dict) and isinstance(doc.get("id"), str)
+    if template == "/v2/user.json/{kloutId}":
+        score = doc.get("score") if isinstance(doc, dict) else None
+        return isinstance(score, dict) and _is_number(score.get("score"))
+    if template.endswith("/score"):
+        return isinstance(doc, dict) and _is_number(doc.get("score"))
+    if template.endswith("/topics"):
+        return isinstance(doc, list)
+    return isinstance(doc, dict)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ok(doc: Any, status: int = 200) -> UpstreamAnswer:
+    return UpstreamAnswer(status=status, content_type=CONTENT_TYPE, body=_encode(doc))

@@ -1,0 +1,159 @@
+"""The ``gateway`` command's own subcommands: clients, objections, admin tokens, serve checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.audit.pseudonym import Pseudonymizer
+from gateway.cli import main
+from gateway.clients import key_hash, load_admin_hashes, load_issued_keys
+from gateway.policies.loader import read_policy
+from tests.support.gateway import SHIPPED_POLICY
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    path = tmp_path / "policies.yaml"
+    shutil.copy(SHIPPED_POLICY, path)
+    return path
+
+
+def test_clients_add_declares_the_client_and_stores_only_a_hash(
+    policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "var"
+    code = main(
+        [
+            "clients",
+            "add",
+            "billing",
+            "--kind",
+            "crm",
+            "--purpose",
+            "sales",
+            "--policies",
+            str(policy),
+            "--data-dir",
+            str(data),
+        ]
+    )
+    assert code == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert key.startswith("gk_")
+    assert len(key) > 40
+    issued = load_issued_keys(data).keys
+    assert [(k.client, k.key_hash) for k in issued] == [("billing", key_hash(key))]
+    assert key not in (data / "client-keys.json").read_text()
+    assert (data / "client-keys.json").stat().st_mode & 0o077 == 0
+    loaded = read_policy(policy).policy
+    assert any(c.id == "billing" and c.kind == "crm" for c in loaded.clients)
+    assert "# Upstreams" in policy.read_text()  # comments kept
+
+
+def test_clients_add_refuses_an_unknown_purpose_and_leaves_the_file(
+    policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = policy.read_bytes()
+    code = main(
+        [
+            "clients",
+            "add",
+            "x",
+            "--kind",
+            "crm",
+            "--purpose",
+            "salez",
+            "--policies",
+            str(policy),
+            "--data-dir",
+            str(tmp_path / "var"),
+        ]
+    )
+    assert code == 1
+    assert "salez" in capsys.readouterr().err
+    assert policy.read_bytes() == before
+    assert not (tmp_path / "var" / "client-keys.json").exists()
+
+
+def test_objections_add_writes_pseudonyms_never_the_identifier(
+    policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "var"
+    assert (
+        main(
+            [
+                "objections",
+                "add",
+                "--upstream",
+                "klout",
+                "--subject",
+                "Carol_OptedOut",
+                "--policies",
+                str(policy),
+                "--data-dir",
+                str(data),
+            ]
+        )
+        == 0
+    )
+    text = policy.read_text()
+    assert "carol" not in text.lower()
+    assert "carol" not in capsys.readouterr().out.lower()
+    expected = Pseudonymizer.load_or_create(data).pseudonym("twitter_screen_name", "carol_optedout")
+    assert expected in read_policy(policy).policy.objections
+    # Adding the same person again changes nothing.
+    assert (
+        main(
+            [
+                "objections",
+                "add",
+                "--upstream",
+                "klout",
+                "--subject",
+                "carol_optedout",
+                "--policies",
+                str(policy),
+                "--data-dir",
+                str(data),
+            ]
+        )
+        == 0
+    )
+    assert policy.read_text() == text
+
+
+def test_admin_token_is_shown_once_and_stored_as_a_hash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["admin-token", "--data-dir", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert load_admin_hashes(tmp_path) == [key_hash(token)]
+    assert token not in json.dumps(load_admin_hashes(tmp_path))
+
+
+def test_serve_refuses_to_start_with_an_invalid_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "policies.yaml"
+    bad.write_text(SHIPPED_POLICY.read_text().replace("rules:", "rulez:"))
+    assert main(["serve", "--policies", str(bad), "--data-dir", str(tmp_path / "var")]) == 1
+    err = capsys.readouterr().err
+    assert "policies.yaml:" in err
+    assert "rulez" in err
+
+
+def test_serve_refuses_to_start_with_a_corrupt_signing_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "var"
+    assert main(["keys", "generate", "--data-dir", str(data)]) == 0
+    for pem in (data / "keys").glob("*.pem"):
+        if "PRIVATE" in pem.read_text():
+            pem.write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
+    capsys.readouterr()
+    assert main(["serve", "--demo", "--data-dir", str(data)]) == 1
+    assert "audit.signing_key_invalid" in capsys.readouterr().err
