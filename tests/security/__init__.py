@@ -1,0 +1,1 @@
+"""Hostile input, replayed over raw sockets to the real gateway."""
