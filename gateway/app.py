@@ -34,6 +34,7 @@ from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditRecord
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
+from gateway.cache import AnswerCache
 from gateway.clients import (
     DEMO_ADMIN_TOKEN,
     DEMO_CLIENT_KEYS,
@@ -180,6 +181,16 @@ async def _start(
         policy_path(settings), on_load=on_load, interval=settings.policy_reload_interval
     )
     await asyncio.gather(*pending_loads)  # the first load is audited before serving
+    # Each start names the signing key in force, so a rotation shows in the log itself.
+    await audit.append(
+        AuditRecord(
+            kind="gateway.start",
+            time=_now_rfc3339(time.time()),
+            request_id=uuid.uuid4().hex,
+            policy_version=policy.current.version,
+            detail=f"signing key {keyring.key_id}; gateway {__version__}",
+        )
+    )
     policy.start()
     stack.push_async_callback(policy.stop)
     state.policy = policy
@@ -237,6 +248,9 @@ async def _start(
         id_key=id_key,
         metrics=state.metrics,
         tracer=tracer,
+        cache=AnswerCache(max_entries=settings.cache_entries, max_age=settings.cache_max_age)
+        if settings.cache_entries > 0
+        else None,
         demo_credentials=demo_credentials,
     )
     state.runtime = runtime

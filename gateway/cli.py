@@ -65,6 +65,19 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces",
     )
     p.add_argument("--log-level", default=env.get("log_level", "info"))
+    p.add_argument(
+        "--cache-entries",
+        type=int,
+        default=int(str(env.get("cache_entries", 0))),
+        help="keep up to N upstream answers for reuse, never past the terms' max cache age "
+        "(default 0: no cache)",
+    )
+    p.add_argument(
+        "--cache-max-age",
+        type=float,
+        default=float(str(env.get("cache_max_age", 86400))),
+        help="seconds an answer may be reused, at most (default 86400)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -89,6 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         otlp_endpoint=args.otlp_endpoint,
         log_level=args.log_level,
+        cache_entries=args.cache_entries,
+        cache_max_age=args.cache_max_age,
     )
     problem = _preflight(settings)
     if problem:

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
 import msgspec
+from opentelemetry.trace import SpanKind
 from yarl import URL
 
 from gateway.audit.record import AuditRecord
@@ -87,9 +88,11 @@ class _Lookup:
         "client",
         "client_kind",
         "decision",
+        "detail",
         "error",
         "outcome",
         "purpose",
+        "request_id",
         "route",
         "rules",
         "status",
@@ -100,6 +103,7 @@ class _Lookup:
     )
 
     def __init__(self) -> None:
+        self.request_id: str | None = None
         self.client: str | None = None
         self.client_kind: str | None = None
         self.purpose: str | None = None
@@ -113,6 +117,7 @@ class _Lookup:
         self.upstream_status: int | None = None
         self.status: int | None = None
         self.error: str | None = None
+        self.detail: str | None = None
 
 
 class Proxy:
@@ -123,10 +128,32 @@ class Proxy:
         self.limits = runtime.settings.limits
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if not self.rt.tracing:
+            await self._serve(scope, receive, send, _Lookup())
+            return
+        lookup = _Lookup()
+        with self.rt.tracer.start_as_current_span("gateway.lookup", kind=SpanKind.SERVER) as span:
+            await self._serve(scope, receive, send, lookup)
+            # Names, purposes, rule ids and outcomes only: never a subject or a score.
+            attributes = {
+                "gateway.request_id": lookup.request_id,
+                "gateway.client": lookup.client,
+                "gateway.purpose": lookup.purpose,
+                "gateway.upstream": lookup.upstream,
+                "gateway.route": lookup.route,
+                "gateway.decision": lookup.decision,
+                "gateway.rules": ",".join(lookup.rules) or None,
+                "gateway.outcome": lookup.outcome,
+                "gateway.error": lookup.error,
+                "http.response.status_code": lookup.status,
+            }
+            span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+    async def _serve(self, scope: _Scope, receive: _Receive, send: _Send, lookup: _Lookup) -> None:
         rt = self.rt
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
-        lookup = _Lookup()
+        lookup.request_id = request_id
         try:
             answer, extra_headers = await self._handle(scope, receive, request_id, lookup)
         except GatewayError as error:
@@ -234,19 +261,6 @@ class Proxy:
                 lookup.decision = "deny"
                 raise _denied(local_decision)
 
-        quotas = _quotas(upstream, client.id, decision)
-        if quotas:
-            wait = await rt.limiter.acquire(quotas)
-            if wait is not None:
-                lookup.decision = "deny"
-                lookup.error = "limit.exceeded"
-                retry = min(self.limits.max_retry_after, max(1, int(wait + 0.999)))
-                raise RateLimited(
-                    "the vendor's terms or a limit rule hold this client back; retry later",
-                    headers={"Retry-After": str(retry)},
-                    extra={"retry_after": retry},
-                )
-
         remaining = None
         if len(local) < len(route.subjects):
             remaining = upstream.adapter.without_subjects(route, path, query, local)
@@ -262,15 +276,55 @@ class Proxy:
             lookup.status = answer.status
             await self._audit("lookup", request_id, lookup, started)
             return answer, self._neutral_headers(policy)
-
         fwd_path, fwd_query = remaining
         lookup.decision = "allow"
-        await self._audit("lookup.intent", request_id, lookup, started)
-        upstream_started = time.perf_counter()
-        raw = await self._forward(upstream, method, fwd_path, fwd_query, headers, scope, receive)
-        upstream.observe_round_trip(time.perf_counter() - started)
-        lookup.upstream_status = raw.status
-        rt.metrics.upstream_latency(upstream_name, time.perf_counter() - upstream_started)
+
+        cache_key = None
+        raw: UpstreamAnswer | None = None
+        if rt.cache is not None and method == "GET":
+            cache_key = rt.cache.key(upstream_name, fwd_path, fwd_query)
+            hit = rt.cache.get(cache_key, policy.max_cache_age(upstream_name))
+            if hit is not None:
+                raw = hit.answer
+                lookup.detail = f"cache hit, {rt.cache.age(hit):.0f} s old"
+
+        if raw is None:
+            # Vendor terms and limit rules count calls to the upstream; cache hits
+            # and local answers make none.
+            quotas = _quotas(upstream, client.id, decision)
+            if quotas:
+                wait = await rt.limiter.acquire(quotas)
+                if wait is not None:
+                    lookup.decision = "deny"
+                    lookup.error = "limit.exceeded"
+                    retry = min(self.limits.max_retry_after, max(1, int(wait + 0.999)))
+                    raise RateLimited(
+                        "the vendor's terms or a limit rule hold this client back; retry later",
+                        headers={"Retry-After": str(retry)},
+                        extra={"retry_after": retry},
+                    )
+            await self._audit("lookup.intent", request_id, lookup, started)
+            upstream_started = time.perf_counter()
+            if rt.tracing:
+                with rt.tracer.start_as_current_span(
+                    "gateway.upstream", kind=SpanKind.CLIENT
+                ) as span:
+                    span.set_attributes(
+                        {"gateway.upstream": upstream_name, "gateway.route": route.template}
+                    )
+                    raw = await self._forward(
+                        upstream, method, fwd_path, fwd_query, headers, scope, receive
+                    )
+                    span.set_attribute("http.response.status_code", raw.status)
+            else:
+                raw = await self._forward(
+                    upstream, method, fwd_path, fwd_query, headers, scope, receive
+                )
+            upstream.observe_round_trip(time.perf_counter() - started)
+            lookup.upstream_status = raw.status
+            rt.metrics.upstream_latency(upstream_name, time.perf_counter() - upstream_started)
+        else:
+            cache_key = None  # already cached
 
         classification = upstream.adapter.classify(route, raw)
         lookup.outcome = classification.outcome
@@ -290,6 +344,16 @@ class Proxy:
                 code="upstream.bad_response" if raw.status < 500 else "upstream.unavailable",
             )
         upstream.breaker.success()
+        if (
+            cache_key is not None
+            and rt.cache is not None
+            and classification.outcome
+            in (
+                "found",
+                "missing",
+            )
+        ):
+            rt.cache.put(cache_key, raw)
 
         neutral: set[Subject] = set(objected)
         outcomes = {o for s, o in classification.per_subject.items() if s not in objected}
@@ -522,6 +586,7 @@ class Proxy:
             status=lookup.status,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             error=lookup.error,
+            detail=lookup.detail,
         )
         try:
             await rt.audit.append(record)

@@ -17,6 +17,7 @@ from opentelemetry import trace
 
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditRecord
+from gateway.cache import AnswerCache
 from gateway.clients import KeyRegistry
 from gateway.limits import Limiter
 from gateway.policies.compile import CompiledPolicy
@@ -127,6 +128,7 @@ class GatewayRuntime:
         id_key: bytes,
         metrics: Metrics,
         tracer: trace.Tracer | None = None,
+        cache: AnswerCache | None = None,
         demo_credentials: dict[str, str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -139,7 +141,10 @@ class GatewayRuntime:
         self.pseudonyms = pseudonyms
         self.client_keys = client_keys
         self.metrics = metrics
+        self.cache = cache
         self.tracer = tracer or trace.NoOpTracer()
+        # Spans cost microseconds even when no-op: the hot path skips them when off.
+        self.tracing = tracer is not None and not isinstance(tracer, trace.NoOpTracer)
         self.clock = clock
         self._id_key = id_key
         self._demo_credentials = demo_credentials or {}

@@ -49,6 +49,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     policy_reload_interval: float = 1.0
     admin_token_hashes: tuple[str, ...] = ()
+    # Upstream answers kept for reuse (0: no cache). Never older than the upstream's
+    # terms.max_cache_age nor cache_max_age, whichever is shorter.
+    cache_entries: int = 0
+    cache_max_age: float = 86400.0
     limits: Limits = Limits()
 
 
@@ -77,6 +81,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
         "OTLP_ENDPOINT": "otlp_endpoint",
         "LOG_LEVEL": "log_level",
         "WORKERS": "workers",
+        "CACHE_ENTRIES": "cache_entries",
+        "CACHE_MAX_AGE": "cache_max_age",
     }
     for suffix, field in mapping.items():
         if (value := env.get(ENV_PREFIX + suffix)) is not None:
