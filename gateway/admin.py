@@ -41,7 +41,7 @@ from gateway.policies.loader import PolicyError, parse_policy
 from gateway.policies.model import OUTCOMES, LookupContext, Outcome
 from gateway.policies.reload import PolicyStatus
 from gateway.policies.testing import decision_kind, route_template
-from gateway.upstreams.registry import build_adapter
+from gateway.upstreams.registry import subject_pseudonyms
 
 if TYPE_CHECKING:
     from gateway.app import GatewayState
@@ -448,10 +448,7 @@ async def audit_subject(
     config = state.policy.current.upstreams.get(upstream)
     if config is None:
         raise NotFound("no upstream of that name in the active policy", code="upstream.unknown")
-    adapter = build_adapter(config, b"\0" * 32)
-    pseudonyms = [
-        state.pseudonyms.pseudonym(s.namespace, s.identifier) for s in adapter.subjects_for(subject)
-    ]
+    pseudonyms = subject_pseudonyms(config, state.pseudonyms, subject)
     store = state.store
     entries = await asyncio.to_thread(
         lambda: list(subject_records(store, pseudonyms, upstream=upstream)) if pseudonyms else []

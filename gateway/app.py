@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -257,40 +257,42 @@ async def _start(
     holder["proxy"] = Proxy(runtime)
 
 
-class _EmbeddedServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the host process owns signals
-        yield
-
-
 async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> str:
-    """Serve the Klout simulator on loopback inside this process; return its URL."""
-    import socket
+    """Serve the Klout simulator on loopback inside this process; return its URL.
+
+    uvicorn's protocol on a plain asyncio server: a second ``uvicorn.Server`` would
+    log as if it were the gateway ("Uvicorn running on ...") and reset its loggers.
+    """
+    from uvicorn.server import ServerState
 
     from gateway.demo.upstream import create_demo_upstream
 
-    if port == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
     config = uvicorn.Config(
-        create_demo_upstream(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        create_demo_upstream(), log_level=None, log_config=None, access_log=False, lifespan="off"
     )
-    server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve())
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: config.http_protocol_class(config=config, server_state=state, app_state={}),  # type: ignore[call-arg]
+        host="127.0.0.1",
+        port=port,
+    )
 
     async def stop() -> None:
-        server.should_exit = True
-        await task
+        server.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        await server.wait_closed()
 
     stack.push_async_callback(stop)
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError(f"the demo upstream could not listen on 127.0.0.1:{port}")
-        await asyncio.sleep(0.01)
-    log.info("demo Klout upstream on http://127.0.0.1:%d", port)
-    return f"http://127.0.0.1:{port}"
+    bound = server.sockets[0].getsockname()[1]
+    log.info(
+        "demo mode: simulated Klout on http://127.0.0.1:%d; client keys demo-crm-key, "
+        "demo-support-key, demo-hr-key, demo-marketing-key; admin token demo-admin-token",
+        bound,
+    )
+    return f"http://127.0.0.1:{bound}"
 
 
 def _problem_response(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:

@@ -56,8 +56,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     subject.add_argument("--subject", required=True, help="the person's identifier there")
     subject.add_argument(
         "--namespace",
-        required=True,
-        help="the identifier's namespace, as the adapter names it (e.g. twitter_screen_name)",
+        help="only this identifier namespace (e.g. twitter_screen_name); default: every "
+        "namespace the upstream's adapter uses for such an identifier",
+    )
+    subject.add_argument(
+        "--policies",
+        type=Path,
+        default=Path("policies.yaml"),
+        help="the policy file naming the upstream (default ./policies.yaml)",
     )
     subject.add_argument(
         "--proofs", action="store_true", help="add inclusion proofs against a fresh checkpoint"
@@ -182,11 +188,25 @@ def cmd_subject(args: argparse.Namespace) -> int:
     key_path: Path = args.data_dir / KEY_FILE
     if not key_path.exists():
         return _fail(f"no subject key {key_path}: no records can name anyone")
-    pseudonym = Pseudonymizer.load_or_create(args.data_dir).pseudonym(args.namespace, args.subject)
+    pseudonymizer = Pseudonymizer.load_or_create(args.data_dir)
+    if args.namespace:
+        pseudonyms = [pseudonymizer.pseudonym(args.namespace, args.subject)]
+    else:
+        from gateway.policies.loader import PolicyError, read_policy
+        from gateway.upstreams.registry import subject_pseudonyms
+
+        try:
+            policy = read_policy(args.policies).policy
+        except PolicyError as exc:
+            return _fail("; ".join(exc.lines()))
+        upstream = next((u for u in policy.upstreams if u.name == args.upstream), None)
+        if upstream is None:
+            return _fail(f"no upstream {args.upstream!r} in {args.policies}")
+        pseudonyms = subject_pseudonyms(upstream, pseudonymizer, args.subject)
     try:
         store = _open_store(args)
         try:
-            entries = list(subject_records(store, [pseudonym], upstream=args.upstream))
+            entries = list(subject_records(store, pseudonyms, upstream=args.upstream))
             if args.proofs:
                 checkpoint = fresh_checkpoint(store, KeyRing.load(args.data_dir))
                 entries = with_inclusion_proofs(store, entries, checkpoint)
