@@ -3,7 +3,7 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md policies.yaml ./
 COPY gateway ./gateway
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -167,10 +167,11 @@ class Proxy:
                 (b"x-request-id", request_id.encode()),
                 *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
             ]
-            if lookup.client is not None and not isinstance(error, AuditUnavailable):
-                # An authenticated lookup attempt is audited even when it fails.
-                # The error is already the answer; a failed commit here changes
-                # nothing the caller sees (no score is in it).
+            if not isinstance(error, AuditUnavailable):
+                # Every lookup attempt is audited, refused ones too (unknown key,
+                # bad path): each X-Request-Id a caller holds has its record. The
+                # error is already the answer; a failed commit here changes nothing
+                # the caller sees (no score is in it).
                 with contextlib.suppress(AuditUnavailable):
                     await self._audit("lookup", request_id, lookup, started)
             rt.metrics.lookup(lookup, time.perf_counter() - started)

@@ -157,3 +157,11 @@ def test_serve_refuses_to_start_with_a_corrupt_signing_key(
     capsys.readouterr()
     assert main(["serve", "--demo", "--data-dir", str(data)]) == 1
     assert "audit.signing_key_invalid" in capsys.readouterr().err
+
+
+def test_the_embedded_demo_policy_is_the_shipped_one() -> None:
+    """``serve --demo`` outside a checkout falls back to the packaged
+    gateway/demo/policies.yaml, a symlink to the shipped file, so they cannot drift."""
+    from gateway.app import DEMO_POLICY
+
+    assert DEMO_POLICY.read_bytes() == SHIPPED_POLICY.read_bytes()
