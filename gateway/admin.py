@@ -18,6 +18,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromQuery, QueryParameter, RawBody
 from litestar.response import Stream
@@ -27,10 +28,12 @@ from gateway.audit.export import export_csv, iter_export_chunks
 from gateway.audit.store import AuditStore
 from gateway.audit.subject import SubjectEntry, subject_records
 from gateway.errors import (
+    PROBLEM_CONTENT_TYPE,
     BadRequest,
     Forbidden,
     GatewayError,
     NotFound,
+    Problem,
     ServiceUnavailable,
     Unauthenticated,
     problem_body,
@@ -45,6 +48,22 @@ from gateway.upstreams.registry import subject_pseudonyms
 
 if TYPE_CHECKING:
     from gateway.app import GatewayState
+
+
+def _problem(description: str) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=Problem,
+        description=description,
+        media_type=PROBLEM_CONTENT_TYPE,
+        generate_examples=False,
+    )
+
+
+ADMIN_ERRORS = {
+    400: _problem("A parameter or the body is not valid (request.invalid, request.invalid_json)"),
+    401: _problem("No admin token, or not a valid one (admin.unauthenticated)"),
+    403: _problem("A client key was sent: client keys never open admin routes (admin.forbidden)"),
+}
 
 RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
 SECURITY: list[dict[str, list[str]]] = [{"AdminToken": []}]
@@ -159,6 +178,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
     security=SECURITY,
     middleware=[request_id_middleware],
     media_type="text/plain; version=0.0.4",
+    responses=ADMIN_ERRORS,
 )
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
     """Lookups by decision, rule, purpose and upstream; upstream and audit latency;
@@ -172,6 +192,17 @@ async def metrics(request: Request[Any, Any, Any]) -> bytes:
 
 
 health_handlers = [healthz, readyz, metrics]
+
+
+def _only_query(request: Request[Any, Any, Any], allowed: set[str]) -> None:
+    """Refuse parameters an operation does not take, rather than silently ignore
+    them (a misspelled ``untill=`` must not export everything)."""
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise BadRequest(
+            f"unknown query parameter(s): {', '.join(u[:40] for u in unknown[:5])}",
+            code="request.unknown_parameter",
+        )
 
 
 def _unavailable(what: str) -> ServiceUnavailable:
@@ -277,7 +308,7 @@ class Explanation(msgspec.Struct, kw_only=True):
     coarsen: bool = False
 
 
-@get("/policy", summary="The active policy", operation_id="getPolicy")
+@get("/policy", summary="The active policy", operation_id="getPolicy", responses=ADMIN_ERRORS)
 async def get_policy(request: Request[Any, Any, Any]) -> PolicyStatus:
     """The active policy's version, file, load time and any refused change."""
     holder = gateway_state(request).policy
@@ -290,6 +321,7 @@ async def get_policy(request: Request[Any, Any, Any]) -> PolicyStatus:
     "/policy/validate",
     summary="Check a policy file without loading it",
     operation_id="validatePolicy",
+    responses=ADMIN_ERRORS,
     status_code=200,
     request_max_body_size=1024 * 1024,
 )
@@ -324,6 +356,11 @@ async def validate_policy(body: RawBody) -> Validation:
     status_code=200,
     request_max_body_size=64 * 1024,
     operation_class=ExplainOperation,
+    responses={
+        **ADMIN_ERRORS,
+        400: _problem("The body is not a valid explain request, or names no purpose"),
+        404: _problem("No such client or upstream in the active policy"),
+    },
 )
 async def explain_policy(request: Request[Any, Any, Any], body: RawBody) -> Explanation:
     """Decide a described lookup under the active policy and list every rule that matched."""
@@ -376,6 +413,7 @@ class PublicKeys(msgspec.Struct):
     "/audit/public-key",
     summary="Public keys that verify audit exports",
     operation_id="auditPublicKeys",
+    responses=ADMIN_ERRORS,
 )
 async def audit_public_key(request: Request[Any, Any, Any]) -> PublicKeys:
     """Every Ed25519 public key of this log (PEM), including rotated ones; pin them
@@ -390,6 +428,7 @@ async def audit_public_key(request: Request[Any, Any, Any]) -> PublicKeys:
     "/audit/export",
     summary="Export the audit log",
     operation_id="auditExport",
+    responses=ADMIN_ERRORS,
     media_type="application/x-ndjson",
 )
 async def audit_export(
@@ -405,6 +444,7 @@ async def audit_export(
     """A signed JSONL export (records, checkpoints, and a final seal line; verify it with
     ``gateway audit verify``), or CSV for spreadsheets (not verifiable). Streams in
     constant memory."""
+    _only_query(request, {"since", "until", "format"})
     state = gateway_state(request)
     if state.store is None or state.keyring is None:
         raise _unavailable("the audit store")
@@ -433,7 +473,15 @@ class SubjectAccess(msgspec.Struct):
     records: list[SubjectEntry]
 
 
-@get("/audit/subject", summary="Every record about one person", operation_id="auditSubject")
+@get(
+    "/audit/subject",
+    summary="Every record about one person",
+    operation_id="auditSubject",
+    responses={
+        **ADMIN_ERRORS,
+        404: _problem("No such upstream in the active policy (upstream.unknown)"),
+    },
+)
 async def audit_subject(
     request: Request[Any, Any, Any],
     upstream: Annotated[str, QueryParameter(min_length=1, max_length=64)],
@@ -442,6 +490,7 @@ async def audit_subject(
     """For a GDPR Art. 15 answer: every lookup about this person at this upstream, by
     which client, when, for what purpose, and what was decided. The identifier is
     turned into its keyed pseudonyms here and is neither stored nor logged."""
+    _only_query(request, {"upstream", "subject"})
     state = gateway_state(request)
     if state.store is None or state.policy is None or state.pseudonyms is None:
         raise _unavailable("the audit store")

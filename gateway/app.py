@@ -31,6 +31,7 @@ from gateway import __version__
 from gateway.admin import admin_router, health_handlers
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
+from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
@@ -151,6 +152,10 @@ async def _start(
     audit = AuditLog(store, keyring)
     await audit.start()
     stack.push_async_callback(audit.close)
+    await close_orphans(audit, store)  # lookups a crash left without an outcome
+    backlog = OutcomeBacklog(audit)
+    backlog.start()
+    stack.push_async_callback(backlog.stop)
     state.store, state.audit, state.keyring, state.pseudonyms = store, audit, keyring, pseudonyms
 
     pending_loads: set[asyncio.Task[None]] = set()
@@ -220,8 +225,10 @@ async def _start(
     limiter: Limiter = RedisLimiter(settings.redis_url) if settings.redis_url else MemoryLimiter()
     stack.push_async_callback(limiter.close)
 
+    # The per-upstream slots in UpstreamRuntime bound concurrency; the connector's
+    # own limit only backs them up (a wait there would not answer upstream.busy).
     connector = aiohttp.TCPConnector(
-        limit=settings.limits.upstream_connections, ttl_dns_cache=60, enable_cleanup_closed=True
+        limit=settings.limits.upstream_connections * 4, ttl_dns_cache=60, enable_cleanup_closed=True
     )
     session = aiohttp.ClientSession(
         connector=connector,
@@ -241,6 +248,7 @@ async def _start(
         policy=policy,
         evaluate=evaluate,
         audit=audit,
+        backlog=backlog,
         limiter=limiter,
         session=session,
         pseudonyms=pseudonyms,

@@ -7,6 +7,7 @@ session, the pseudonymizer, the clock. Nothing here is a module-level global.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +31,14 @@ from gateway.upstreams.registry import build_adapter
 
 class AuditSink(Protocol):
     async def append(self, record: AuditRecord) -> int: ...
+
+
+class OutcomeSink(Protocol):
+    def add(self, record: AuditRecord) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    async def flush(self) -> None: ...
 
 
 class PolicySnapshot(Protocol):
@@ -94,6 +103,7 @@ class UpstreamRuntime:
         base_url: str,
         credential: Callable[[], str],
         initial_round_trip: float,
+        connections: int = 100,
     ) -> None:
         self.name = config.name
         self.config = config
@@ -104,6 +114,15 @@ class UpstreamRuntime:
         self.key_header = config.credential.header
         self.breaker = CircuitBreaker()
         self._round_trip = initial_round_trip
+        self._slots: asyncio.Semaphore | None = None
+        self.connections = connections
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """Concurrent calls to this upstream (created on the serving event loop)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.connections)
+        return self._slots
 
     def observe_round_trip(self, seconds: float) -> None:
         """Exponentially weighted mean of real lookups, for local answers' delay."""
@@ -121,6 +140,7 @@ class GatewayRuntime:
         policy: PolicySnapshot,
         evaluate: Callable[[LookupContext, CompiledPolicy], Decision],
         audit: AuditSink,
+        backlog: OutcomeSink,
         limiter: Limiter,
         session: aiohttp.ClientSession,
         pseudonyms: Pseudonymizer,
@@ -136,6 +156,7 @@ class GatewayRuntime:
         self.policy = policy
         self.evaluate = evaluate
         self.audit = audit
+        self.backlog = backlog
         self.limiter = limiter
         self.session = session
         self.pseudonyms = pseudonyms
@@ -150,6 +171,7 @@ class GatewayRuntime:
         self._demo_credentials = demo_credentials or {}
         self._upstreams: dict[tuple[str, str], UpstreamRuntime] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
     def upstream(self, policy: CompiledPolicy, name: str) -> UpstreamRuntime | None:
         """The runtime of upstream ``name`` under this policy version (built once)."""
@@ -166,9 +188,12 @@ class GatewayRuntime:
             base_url,
             self._credential_reader(config),
             self.settings.limits.local_answer_delay,
+            self.settings.limits.upstream_connections,
         )
-        # The breaker belongs to the upstream, not to a policy version.
+        # The breaker and the connection slots belong to the upstream, not to a
+        # policy version.
         runtime.breaker = self._breakers.setdefault(name, runtime.breaker)
+        runtime._slots = self._slots.setdefault(name, runtime.slots)
         self._upstreams = {k: v for k, v in self._upstreams.items() if k[0] == policy.version}
         self._upstreams[(policy.version, name)] = runtime
         return runtime

@@ -30,6 +30,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     # upstream round trip, so timing does not tell objectors apart.
     local_answer_delay: float = 0.02
     upstream_connections: int = 100
+    # How long a lookup waits for a free upstream connection before 503 upstream.busy.
+    pool_timeout: float = 0.25
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):

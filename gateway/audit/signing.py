@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -142,6 +143,16 @@ class KeyRing:
             key_id = active_path.read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise SigningKeyError(f"cannot read {active_path}: {exc}") from None
+        if not key_id:
+            raise SigningKeyError(
+                f"{active_path} is empty: it must name the active key id",
+                code="audit.signing_key_missing",
+            )
+        if not re.fullmatch(r"[0-9a-f]{16}", key_id):
+            # Also keeps a crafted ACTIVE (``../x``) from choosing another path.
+            raise SigningKeyError(
+                f"{active_path} must hold the active key id (16 hex digits), found {key_id[:40]!r}"
+            )
         private_path = directory / f"{key_id}{PRIVATE_SUFFIX}"
         try:
             pem = private_path.read_bytes()

@@ -284,8 +284,14 @@ class AuditStore:
     def create(self) -> None:
         """Create missing tables, the head row and the origin (idempotent, replica-safe)."""
         try:
-            SQLModel.metadata.create_all(self.engine, tables=TABLES)
-            with self.engine.begin() as conn:
+            # audit_writer: on SQLite, BEGIN IMMEDIATE. A second process starting at the
+            # same time then waits (busy timeout) for the write lock, instead of failing
+            # with "database is locked" when its read transaction tries to upgrade.
+            with (
+                self.engine.connect().execution_options(audit_writer=True) as conn,
+                conn.begin(),
+            ):
+                SQLModel.metadata.create_all(conn, tables=TABLES)
                 if conn.execute(select(HEAD.c.size)).first() is None:
                     self._insert_ignoring_conflict(
                         conn, HEAD, {"id": 1, "size": 0, "frontier": b""}
@@ -425,11 +431,14 @@ class AuditStore:
             self._writer = None
 
     def ping(self) -> None:
-        """A cheap read on the writer's connection: raises :class:`StoreError` if it fails."""
+        """Prove the store takes writes: a committed no-op update of the head row on
+        the writer's connection. A read would succeed on a full disk or a read-only
+        file, and readiness must not turn green while appends still fail.
+        Raises :class:`StoreError` if it fails."""
         try:
             conn = self._writer_connection()
             with conn.begin():
-                conn.execute(select(HEAD.c.size)).one()
+                conn.execute(update(HEAD).values(size=HEAD.c.size))
         except (SQLAlchemyError, OSError) as exc:
             self._discard_writer()
             raise StoreError(f"audit store unreachable: {exc.__class__.__name__}") from exc

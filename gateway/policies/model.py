@@ -169,7 +169,9 @@ class Policy(_Model, frozen=True, kw_only=True):
     # Keyed HMAC pseudonyms (``gateway objections add``) of subjects who objected.
     objections: list[str] = []
     settings: Settings = Settings()
-    rules: list[Rule] = []
+    # Required, even if empty: a file cut off before its rules must not load as a
+    # policy that allows everything (fail closed; write ``rules: []`` deliberately).
+    rules: list[Rule]
 
 
 class LookupContext(msgspec.Struct, frozen=True, kw_only=True):

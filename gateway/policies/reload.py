@@ -168,9 +168,19 @@ class PolicyHolder:
     # -- watching -----------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """Poll the file every ``interval`` seconds and reload on change, until cancelled."""
+        """Poll the file every ``interval`` seconds and reload on change, until cancelled.
+
+        A change is read only once the file has held still for a whole interval, so a
+        file caught half-written by an editor that does not save atomically is not
+        even validated (and a truncated one that happens to parse is not swapped in).
+        """
+        seen = self._stat()
         while True:
             await asyncio.sleep(self.interval)
+            now = self._stat()
+            if now != seen:
+                seen = now
+                continue
             self.check_for_change()
 
     def start(self) -> asyncio.Task[None]:
