@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **uvicorn_options(log_level=settings.log_level),
     }
     if settings.workers > 1:
-        os.environ[SETTINGS_ENV] = msgspec.json.encode(settings).decode()
+        os.environ[SETTINGS_ENV] = msgspec.json.encode(settings, enc_hook=_encode_path).decode()
         uvicorn.run("gateway.cli:app_from_env", factory=True, workers=settings.workers, **common)
     else:
         from gateway.app import create_app
@@ -129,11 +129,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode_path(value: object) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def _decode_path(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot decode {kind.__name__}")
+
+
 def app_from_env() -> object:
     """The app for a uvicorn worker process, from settings the parent serialised."""
     from gateway.app import create_app
 
-    settings = msgspec.json.decode(os.environ[SETTINGS_ENV].encode(), type=Settings)
+    settings = msgspec.json.decode(
+        os.environ[SETTINGS_ENV].encode(), type=Settings, dec_hook=_decode_path
+    )
     return create_app(settings)
 
 

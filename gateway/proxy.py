@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -77,8 +77,26 @@ _Receive = Callable[[], Any]
 _Send = Callable[[dict[str, Any]], Any]
 
 
-def _now_rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class _Rfc3339:
+    """``2026-11-25T18:16:22.123456Z`` for a Unix time; the date part is formatted
+    once per second (a datetime per record cost ~4% of the loop)."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, t: float) -> str:
+        second = int(t)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        micros = min(999_999, round((t - second) * 1_000_000))
+        return f"{self._prefix}.{micros:06d}Z"
+
+
+_now_rfc3339 = _Rfc3339()
 
 
 class _Lookup:
@@ -90,6 +108,7 @@ class _Lookup:
         "decision",
         "detail",
         "error",
+        "intent_committed",
         "outcome",
         "purpose",
         "request_id",
@@ -103,6 +122,7 @@ class _Lookup:
     )
 
     def __init__(self) -> None:
+        self.intent_committed = False
         self.request_id: str | None = None
         self.client: str | None = None
         self.client_kind: str | None = None
@@ -126,6 +146,17 @@ class Proxy:
     def __init__(self, runtime: GatewayRuntime) -> None:
         self.rt = runtime
         self.limits = runtime.settings.limits
+        limits = self.limits
+        self._timeout = aiohttp.ClientTimeout(
+            total=limits.total_timeout,
+            sock_connect=limits.connect_timeout,
+            sock_read=limits.read_timeout,
+        )
+        # Request ids: a random per-process prefix and a counter. uuid4() per request
+        # reads os.urandom, which releases the GIL; the audit writer thread then holds
+        # it and the event loop waits (bench/README.md: 19% of the loop's samples).
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         if not self.rt.tracing:
@@ -152,7 +183,7 @@ class Proxy:
     async def _serve(self, scope: _Scope, receive: _Receive, send: _Send, lookup: _Lookup) -> None:
         rt = self.rt
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        request_id = f"{self._id_prefix}{next(self._ids):016x}"
         lookup.request_id = request_id
         try:
             answer, extra_headers = await self._handle(scope, receive, request_id, lookup)
@@ -167,6 +198,11 @@ class Proxy:
                 (b"x-request-id", request_id.encode()),
                 *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
             ]
+            if isinstance(error, AuditUnavailable) and lookup.intent_committed:
+                # The intent is in the log but its outcome is not: record the failure
+                # as soon as the store takes records again (no score was returned).
+                lookup.decision = "error"
+                rt.backlog.add(self._record("lookup", request_id, lookup, started))
             if not isinstance(error, AuditUnavailable):
                 # Every lookup attempt is audited, refused ones too (unknown key,
                 # bad path): each X-Request-Id a caller holds has its record. The
@@ -305,6 +341,7 @@ class Proxy:
                         extra={"retry_after": retry},
                     )
             await self._audit("lookup.intent", request_id, lookup, started)
+            lookup.intent_committed = True
             upstream_started = time.perf_counter()
             if rt.tracing:
                 with rt.tracer.start_as_current_span(
@@ -459,6 +496,35 @@ class Proxy:
                 code="upstream.circuit_open",
                 headers={"Retry-After": str(int(upstream.breaker.reset_after) or 1)},
             )
+        slots = upstream.slots
+        if slots.locked():
+            # Every connection to this upstream is busy: wait briefly, then say so
+            # instead of queueing callers until the total timeout (catalogue 2 #21).
+            try:
+                await asyncio.wait_for(slots.acquire(), self.limits.pool_timeout)
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    "every connection to the upstream is busy; retry shortly",
+                    code="upstream.busy",
+                    headers={"Retry-After": "1"},
+                ) from None
+        else:
+            await slots.acquire()
+        try:
+            return await self._exchange(upstream, method, path, query, headers, scope, receive)
+        finally:
+            slots.release()
+
+    async def _exchange(
+        self,
+        upstream: UpstreamRuntime,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        headers: InboundHeaders,
+        scope: _Scope,
+        receive: _Receive,
+    ) -> UpstreamAnswer:
         out_headers = headers.forwardable()
         out_headers.append(("accept-encoding", "identity"))
         if upstream.key_param is not None:
@@ -480,11 +546,7 @@ class Proxy:
                 headers=out_headers,
                 data=body,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=limits.total_timeout,
-                    sock_connect=limits.connect_timeout,
-                    sock_read=limits.read_timeout,
-                ),
+                timeout=self._timeout,
             ) as response:
                 if 300 <= response.status < 400:
                     upstream.breaker.failure()
@@ -520,6 +582,11 @@ class Proxy:
         except TimeoutError:
             upstream.breaker.failure()
             raise UpstreamTimeout("the upstream did not answer in time") from None
+        except aiohttp.ClientSSLError:
+            upstream.breaker.failure()
+            raise UpstreamError(
+                "the upstream's TLS certificate or handshake was refused", code="upstream.tls_error"
+            ) from None
         except aiohttp.ClientConnectorError:
             upstream.breaker.failure()
             raise UpstreamError(
@@ -567,11 +634,10 @@ class Proxy:
             return [(b"x-gateway-neutralized", b"true")]
         return []
 
-    async def _audit(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> None:
-        rt = self.rt
-        record = AuditRecord(
+    def _record(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> AuditRecord:
+        return AuditRecord(
             kind=kind,  # type: ignore[arg-type]
-            time=_now_rfc3339(rt.clock()),
+            time=_now_rfc3339(self.rt.clock()),
             request_id=request_id,
             client=lookup.client,
             client_kind=lookup.client_kind,
@@ -589,12 +655,19 @@ class Proxy:
             error=lookup.error,
             detail=lookup.detail,
         )
+
+    async def _audit(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> None:
+        rt = self.rt
+        record = self._record(kind, request_id, lookup, started)
         try:
             await rt.audit.append(record)
         except AuditUnavailable:
             raise
         except Exception as exc:  # any store failure must fail closed
             raise AuditUnavailable("the audit log cannot take records; no score is served") from exc
+        if len(rt.backlog):
+            # The store takes records again: close lookups it refused earlier now.
+            await rt.backlog.flush()
 
 
 def _denied(decision: Decision) -> PolicyDenied:

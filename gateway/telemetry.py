@@ -67,23 +67,40 @@ class Metrics:
         self.audit_queue_depth = Gauge(
             "gateway_audit_queue_depth", "Audit records waiting for their commit.", registry=r
         )
+        self._lookup_children: dict[tuple[str, str, str, str, str, int], Any] = {}
+        self._rule_children: dict[str, Any] = {}
+        self._latency_children: dict[str, Any] = {}
         self.policy_reloads = Counter(
             "gateway_policy_reloads_total", "Policy reloads by result.", ["result"], registry=r
         )
 
     def lookup(self, lookup: Any, seconds: float) -> None:
         upstream = lookup.upstream or "-"
-        self.lookups.labels(
+        key = (
             lookup.decision or "error",
             lookup.purpose or "-",
             upstream,
             lookup.client or "-",
             lookup.outcome or "-",
-            str(lookup.status or 0),
-        ).inc()
+            lookup.status or 0,
+        )
+        # Label children are looked up once per combination: labels() per request
+        # cost more than the increment (bench/README.md). Every label value comes
+        # from the policy or the gateway, so the combinations are bounded.
+        counter = self._lookup_children.get(key)
+        if counter is None:
+            counter = self.lookups.labels(*key[:5], str(key[5]))
+            self._lookup_children[key] = counter
+        counter.inc()
         for rule in lookup.rules:
-            self.rule_matches.labels(rule).inc()
-        self.lookup_seconds.labels(upstream).observe(seconds)
+            child = self._rule_children.get(rule)
+            if child is None:
+                child = self._rule_children[rule] = self.rule_matches.labels(rule)
+            child.inc()
+        histogram = self._latency_children.get(upstream)
+        if histogram is None:
+            histogram = self._latency_children[upstream] = self.lookup_seconds.labels(upstream)
+        histogram.observe(seconds)
 
     def upstream_latency(self, upstream: str, seconds: float) -> None:
         self.upstream_seconds.labels(upstream).observe(seconds)
