@@ -222,7 +222,11 @@ async def _start(
             state.demo_upstream_url = url
         demo_credentials["klout"] = DEMO_UPSTREAM_KEY
 
-    limiter: Limiter = RedisLimiter(settings.redis_url) if settings.redis_url else MemoryLimiter()
+    limiter: Limiter = (
+        RedisLimiter(settings.redis_url)
+        if settings.redis_url
+        else MemoryLimiter(share=settings.workers)  # each worker holds its part of a limit
+    )
     stack.push_async_callback(limiter.close)
 
     # The per-upstream slots in UpstreamRuntime bound concurrency; the connector's

@@ -36,10 +36,16 @@ def _seconds_to_utc_midnight(now: float) -> float:
 
 
 class MemoryLimiter:
-    """Token bucket per second (burst = one second's worth) and a counter per UTC day."""
+    """Token bucket per second (burst = one second's worth) and a counter per UTC day.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    ``share`` splits every limit between that many worker processes, each holding
+    its own part, so ``--workers N`` without Redis never exceeds a vendor's terms
+    (at the cost of refusing early when the load is uneven; use Redis to share).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, *, share: int = 1) -> None:
         self._clock = clock
+        self._share = max(1, share)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
         self._days: dict[str, tuple[int, int]] = {}  # key -> (utc day, count)
 
@@ -48,16 +54,18 @@ class MemoryLimiter:
         day = int(now // 86400)
         wait = 0.0
         refills: list[tuple[str, float]] = []
+        share = self._share
         for q in quotas:
             if q.per_second is not None:
-                tokens, last = self._buckets.get(q.key, (q.per_second, now))
-                tokens = min(q.per_second, tokens + (now - last) * q.per_second)
+                rate = q.per_second / share
+                tokens, last = self._buckets.get(q.key, (rate, now))
+                tokens = min(max(rate, 1.0), tokens + (now - last) * rate)
                 if tokens < 1.0:
-                    wait = max(wait, (1.0 - tokens) / q.per_second)
+                    wait = max(wait, (1.0 - tokens) / rate)
                 refills.append((q.key, tokens))
             if q.per_day is not None:
                 seen_day, count = self._days.get(q.key, (day, 0))
-                if seen_day == day and count >= q.per_day:
+                if seen_day == day and count >= q.per_day // share:
                     wait = max(wait, _seconds_to_utc_midnight(now))
         if wait > 0:
             return wait

@@ -119,3 +119,24 @@ def test_two_replicas_share_one_redis_quota() -> None:
             await b.close()
 
     asyncio.run(run())
+
+
+def test_workers_without_redis_each_hold_their_share_of_a_limit() -> None:
+    """Two worker processes with in-process buckets never exceed the vendor's rate
+    together: each takes half of it."""
+    clock = Clock()
+
+    async def run() -> None:
+        workers = [MemoryLimiter(clock, share=2), MemoryLimiter(clock, share=2)]
+        quota = [Quota("terms:upstream:klout", per_second=10, per_day=100)]
+        allowed = [await w.acquire(quota) is None for w in workers for _ in range(10)]
+        assert sum(allowed) == 10
+        for _ in range(30):
+            clock.now += 1
+            for w in workers:
+                for _ in range(10):
+                    await w.acquire(quota)
+        left = [await w.acquire(quota) is None for w in workers for _ in range(10)]
+        assert not any(left)  # 2 x 50 a day, all spent
+
+    asyncio.run(run())
