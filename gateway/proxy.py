@@ -59,7 +59,7 @@ from gateway.errors import (
 )
 from gateway.headers import InboundHeaders
 from gateway.limits import Quota
-from gateway.policies.model import Decision, LookupContext
+from gateway.policies.model import Decision, LookupContext, Outcome
 from gateway.runtime import GatewayRuntime, UpstreamRuntime
 from gateway.upstreams.base import InvalidSubject, RouteMatch, Subject, UpstreamAnswer
 
@@ -289,9 +289,12 @@ class Proxy:
 
         objected = {s for s, p in pseudonyms.items() if p in policy.objections}
         local = objected | set(route.local_subjects)
+        # A neutral id the gateway issued stands for someone the upstream did not
+        # have: the audit says "missing" for it, and "objected" only for objectors.
+        local_outcome: Outcome = "objected" if objected else "missing"
         if local:
             local_decision = rt.evaluate(
-                msgspec.structs.replace(context, outcome="objected"), policy
+                msgspec.structs.replace(context, outcome=local_outcome), policy
             )
             _merge_rules(lookup, local_decision)
             if not local_decision.allowed:
@@ -308,7 +311,7 @@ class Proxy:
             answer = upstream.adapter.neutral_answer(
                 route, None, set(route.subjects), upstream.config.neutral.score
             )
-            lookup.outcome, lookup.decision = "objected", "neutralize"
+            lookup.outcome, lookup.decision = local_outcome, "neutralize"
             answer = self._transform(upstream, route, answer, decision)
             lookup.status = answer.status
             await self._audit("lookup", request_id, lookup, started)

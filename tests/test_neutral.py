@@ -140,3 +140,18 @@ def test_gateway_issued_ids_are_answered_locally(
     for suffix in ["", "/score", "/topics", "/influence"]:
         assert client.get(f"/klout/v2/user.json/{klout_id}{suffix}", params=CRM).status_code == 200
     assert len(gateway.upstream.received) == before
+
+
+def test_answers_for_issued_ids_are_audited_as_missing_not_objected(client: httpx.Client) -> None:
+    """Nobody never existed; the score step for the id the gateway issued is recorded
+    with the outcome 'missing', so no one appears to have objected who did not."""
+    klout_id = client.get("/klout/v2/identity.json/tw/1999", params=CRM).json()["id"]
+    score = client.get(f"/klout/v2/user.json/{klout_id}/score", params=CRM)
+    export = client.get("/admin/audit/export", headers={"Authorization": "Bearer demo-admin-token"})
+    line = next(
+        line
+        for line in export.content.splitlines()
+        if score.headers["x-request-id"].encode() in line
+    )
+    assert b'"outcome":"missing"' in line
+    assert b'"decision":"neutralize"' in line
