@@ -32,7 +32,7 @@ from gateway.admin import admin_router, health_handlers
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import AuditRecord, rfc3339
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.cache import AnswerCache
@@ -48,7 +48,7 @@ from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder
-from gateway.proxy import Proxy, _now_rfc3339
+from gateway.proxy import Proxy
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
@@ -163,7 +163,7 @@ async def _start(
     async def audit_load(version: str | None, ok: bool, errors: tuple[str, ...]) -> None:
         record = AuditRecord(
             kind="policy.load",
-            time=_now_rfc3339(time.time()),
+            time=rfc3339(time.time()),
             request_id=uuid.uuid4().hex,
             decision="loaded" if ok else "rejected",
             policy_version=version,
@@ -190,7 +190,7 @@ async def _start(
     await audit.append(
         AuditRecord(
             kind="gateway.start",
-            time=_now_rfc3339(time.time()),
+            time=rfc3339(time.time()),
             request_id=uuid.uuid4().hex,
             policy_version=policy.current.version,
             detail=f"signing key {keyring.key_id}; gateway {__version__}",

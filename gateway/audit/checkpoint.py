@@ -24,11 +24,11 @@ checkpoints of the same root confuse witnesses), so sizes strictly increase.
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.audit.record import rfc3339
 from gateway.audit.signing import KeyRing, verify_signature
 
 
@@ -51,10 +51,6 @@ class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     def verify(self, public_key: Ed25519PublicKey) -> bool:
         signature = strict_b64decode(self.signature)
         return signature is not None and verify_signature(public_key, signature, self.note())
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def b64(data: bytes) -> str:

@@ -52,9 +52,9 @@ from typing import IO
 
 import msgspec
 
-from gateway.audit.checkpoint import Checkpoint, b64, rfc3339, sign_checkpoint
+from gateway.audit.checkpoint import Checkpoint, b64, sign_checkpoint
 from gateway.audit.merkle import RangeBuilder
-from gateway.audit.record import AuditRecord, decode_record
+from gateway.audit.record import AuditRecord, decode_record, rfc3339
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 

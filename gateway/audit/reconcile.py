@@ -19,12 +19,11 @@ import contextlib
 import logging
 import time
 from collections import deque
-from datetime import UTC, datetime
 
 import msgspec
 
 from gateway.audit.log import AuditLog
-from gateway.audit.record import AuditRecord, decode_record
+from gateway.audit.record import AuditRecord, decode_record, rfc3339
 from gateway.audit.store import AuditStore
 from gateway.errors import GatewayError
 
@@ -49,11 +48,10 @@ def orphaned_intents(store: AuditStore, size: int, tail: int = TAIL) -> list[Aud
 
 def closing_record(intent: AuditRecord, why: str) -> AuditRecord:
     """The outcome of a lookup whose real outcome was lost: failed, nothing returned."""
-    now = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return msgspec.structs.replace(
         intent,
         kind="lookup",
-        time=now,
+        time=rfc3339(time.time()),
         decision="error",
         status=503,
         error="audit.unavailable",
