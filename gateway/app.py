@@ -71,7 +71,6 @@ class GatewayState:
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
         self.admin_hashes: list[str] = []
-        self.demo_upstream_url: str | None = None
 
     def admin_ok(self, token: str) -> bool:
         digest = key_hash(token)
@@ -219,7 +218,6 @@ async def _start(
         if "klout" not in overrides:
             url = await _start_demo_upstream(stack, settings.demo_upstream_port)
             overrides["klout"] = url
-            state.demo_upstream_url = url
         demo_credentials["klout"] = DEMO_UPSTREAM_KEY
 
     limiter: Limiter = (

@@ -65,9 +65,6 @@ class KeyRegistry:
         # one: no byte-by-byte comparison of secret material ever happens.
         return self._by_hash.get(key_hash(presented))
 
-    def __len__(self) -> int:
-        return len(self._by_hash)
-
 
 def load_issued_keys(data_dir: Path) -> IssuedKeys:
     path = data_dir / CLIENT_KEYS_FILE

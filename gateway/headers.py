@@ -70,10 +70,11 @@ class InboundHeaders:
     ``headers_with_underscores_action: REJECT_REQUEST``).
     """
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_by_name", "_pairs")
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         pairs: list[tuple[str, str]] = []
+        by_name: dict[str, list[str]] = {}
         for name_b, value_b in raw:
             name = name_b.decode("latin-1")
             if "_" in name:
@@ -88,16 +89,16 @@ class InboundHeaders:
             if len(value) > MAX_HEADER_VALUE:
                 raise BadRequest("a header value is too long", code="request.header_too_large")
             pairs.append((name, value))
+            by_name.setdefault(name, []).append(value)
+        # Indexed once: every later question is a dict lookup, not a scan.
         self._pairs = pairs
+        self._by_name = by_name
 
     def check_host(self, http_version: str) -> None:
         """Exactly one valid Host on HTTP/1.1 (RFC 9112 §3.2); never used for routing."""
-        hosts = [v for n, v in self._pairs if n == "host"]
-        if len(hosts) > 1 or (hosts and not _HOST.fullmatch(hosts[0])):
-            raise BadRequest(
-                "the Host header is missing, repeated or invalid", code="request.invalid_host"
-            )
-        if not hosts and http_version != "1.0":
+        hosts = self._by_name.get("host", ())
+        valid = len(hosts) == 1 and _HOST.fullmatch(hosts[0]) is not None
+        if not valid and (hosts or http_version != "1.0"):
             raise BadRequest(
                 "the Host header is missing, repeated or invalid", code="request.invalid_host"
             )
@@ -105,7 +106,7 @@ class InboundHeaders:
     def check_no_body(self, limit: int) -> None:
         """A lookup carries no body; a declared body is refused before it is read."""
         length = self.get_one("content-length", code="request.invalid_header")
-        chunked = any(n == "transfer-encoding" for n, _ in self._pairs)
+        chunked = "transfer-encoding" in self._by_name
         if length is not None and length.isdigit() and int(length) > limit:
             raise PayloadTooLarge(f"request bodies are limited to {limit} bytes", headers=_CLOSE)
         if chunked or (length is not None and length != "0"):
@@ -115,10 +116,12 @@ class InboundHeaders:
 
     def get_one(self, name: str, *, code: str) -> str | None:
         """The single value of ``name``; two values are an error, never a choice."""
-        found = [v for n, v in self._pairs if n == name]
+        found = self._by_name.get(name)
+        if found is None:
+            return None
         if len(found) > 1:
             raise BadRequest(f"the {name} header was sent more than once", code=code)
-        return found[0] if found else None
+        return found[0]
 
     def forwardable(self) -> list[tuple[str, str]]:
         return [(n, v) for n, v in strip_hop_by_hop(self._pairs) if n in FORWARDED_REQUEST_HEADERS]

@@ -161,8 +161,5 @@ class RedisLimiter:
         result = await self._script(keys=keys, args=args)
         return None if result is None else float(result)
 
-    async def ping(self) -> bool:
-        return bool(await self._redis.ping())
-
     async def close(self) -> None:
         await self._redis.aclose()

@@ -20,6 +20,7 @@ from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditRecord
 from gateway.cache import AnswerCache
 from gateway.clients import KeyRegistry
+from gateway.errors import ServiceUnavailable
 from gateway.limits import Limiter
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Upstream
@@ -207,8 +208,6 @@ class GatewayRuntime:
                 return demo
             value = os.environ.get(env) if env else None
             if not value:
-                from gateway.errors import ServiceUnavailable
-
                 raise ServiceUnavailable(
                     f"the credential for upstream {config.name!r} is not configured "
                     f"(environment variable {env or '(none named)'})",
