@@ -124,7 +124,10 @@ def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
     state = gateway_state(connection)
     if not state.admin_ok(token.strip()):
         runtime = state.runtime
-        if runtime is not None and runtime.client_keys.identify(token.strip()) is not None:
+        if (
+            runtime is not None
+            and runtime.client_keys.identify(token.strip(), runtime.policy.current) is not None
+        ):
             raise Forbidden("client keys do not open admin endpoints", code="admin.forbidden")
         raise Unauthenticated("the admin token is not valid", code="admin.unauthenticated")
 

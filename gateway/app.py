@@ -39,10 +39,9 @@ from gateway.cache import AnswerCache
 from gateway.clients import (
     DEMO_ADMIN_TOKEN,
     DEMO_CLIENT_KEYS,
-    KeyRegistry,
+    ClientKeys,
     key_hash,
     load_admin_hashes,
-    load_issued_keys,
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -199,12 +198,6 @@ async def _start(
     stack.push_async_callback(policy.stop)
     state.policy = policy
 
-    client_keys = KeyRegistry()
-    for issued in load_issued_keys(data_dir).keys:
-        client_keys.add(issued.key_hash, issued.client)
-    for client in policy.current.clients.values():
-        if client.key_hash:
-            client_keys.add(client.key_hash, client.id)
     state.admin_hashes = [*load_admin_hashes(data_dir), *settings.admin_token_hashes]
 
     demo_credentials: dict[str, str] = {}
@@ -212,13 +205,13 @@ async def _start(
     if settings.demo:
         from gateway.demo.upstream import DEMO_UPSTREAM_KEY
 
-        for demo_key, demo_client in DEMO_CLIENT_KEYS.items():
-            client_keys.add(key_hash(demo_key), demo_client)
         state.admin_hashes.append(key_hash(DEMO_ADMIN_TOKEN))
         if "klout" not in overrides:
             url = await _start_demo_upstream(stack, settings.demo_upstream_port)
             overrides["klout"] = url
         demo_credentials["klout"] = DEMO_UPSTREAM_KEY
+
+    client_keys = ClientKeys(data_dir, fixed=DEMO_CLIENT_KEYS if settings.demo else None)
 
     limiter: Limiter = (
         RedisLimiter(settings.redis_url)

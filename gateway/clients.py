@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from gateway.policies.compile import CompiledPolicy
+
+log = logging.getLogger("gateway")
 
 CLIENT_KEYS_FILE = "client-keys.json"
 ADMIN_TOKENS_FILE = "admin-tokens.json"
@@ -50,20 +58,74 @@ class IssuedKeys(msgspec.Struct):
     keys: list[IssuedKey] = []
 
 
-class KeyRegistry:
-    """Digest → name. ``identify`` is O(1) and constant-time in the comparison."""
+class ClientKeys:
+    """Every way a caller's key is known, kept current while the gateway runs.
 
-    def __init__(self, entries: dict[str, str] | None = None) -> None:
-        self._by_hash: dict[str, str] = dict(entries or {})
+    Three sources, by digest: fixed keys (the demo clients), ``key_hash`` entries of
+    the active policy (re-indexed when a new policy version is loaded), and keys
+    issued into ``<data-dir>/client-keys.json`` by ``gateway clients add`` (re-read
+    when the file changes, looked at no more than once per ``refresh`` seconds), so a
+    new key works without a restart.
 
-    def add(self, digest: str, name: str) -> None:
-        self._by_hash[digest] = name
+    The presented key is hashed before any comparison, so the lookup's timing
+    depends only on a SHA-256 digest the attacker cannot steer toward a stored one:
+    no byte-by-byte comparison of secret material ever happens.
+    """
 
-    def identify(self, presented: str) -> str | None:
-        # The presented key is hashed before any comparison, so the lookup's timing
-        # depends only on a SHA-256 digest the attacker cannot steer toward a stored
-        # one: no byte-by-byte comparison of secret material ever happens.
-        return self._by_hash.get(key_hash(presented))
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fixed: dict[str, str] | None = None,
+        refresh: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = data_dir / CLIENT_KEYS_FILE
+        self._fixed = {key_hash(key): name for key, name in (fixed or {}).items()}
+        self._refresh = refresh
+        self._clock = clock
+        self._checked_at = -refresh
+        self._signature: tuple[int, int] | None = None
+        self._issued: dict[str, str] = {}
+        self._policy: tuple[str, dict[str, str]] = ("", {})
+
+    def identify(self, presented: str, policy: CompiledPolicy) -> str | None:
+        digest = key_hash(presented)
+        name = self._fixed.get(digest)
+        if name is not None:
+            return name
+        version, by_hash = self._policy
+        if version != policy.version:
+            by_hash = {c.key_hash: c.id for c in policy.clients.values() if c.key_hash}
+            self._policy = (policy.version, by_hash)
+        name = by_hash.get(digest)
+        if name is not None:
+            return name
+        now = self._clock()
+        if now - self._checked_at >= self._refresh:
+            self._checked_at = now
+            self._reload_issued()
+        return self._issued.get(digest)
+
+    def _reload_issued(self) -> None:
+        try:
+            st = self._path.stat()
+        except FileNotFoundError:
+            self._signature, self._issued = None, {}
+            return
+        except OSError as exc:
+            log.error("cannot read %s, keeping the keys read before: %s", self._path, exc)
+            return
+        signature = (st.st_mtime_ns, st.st_size)
+        if signature == self._signature:
+            return
+        try:
+            issued = msgspec.json.decode(self._path.read_bytes(), type=IssuedKeys)
+        except (OSError, msgspec.DecodeError) as exc:
+            log.error("cannot read %s, keeping the keys read before: %s", self._path, exc)
+            return
+        self._signature = signature
+        self._issued = {k.key_hash: k.client for k in issued.keys}
 
 
 def load_issued_keys(data_dir: Path) -> IssuedKeys:

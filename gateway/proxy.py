@@ -59,6 +59,7 @@ from gateway.errors import (
 )
 from gateway.headers import InboundHeaders
 from gateway.limits import Quota
+from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Outcome
 from gateway.runtime import GatewayRuntime, UpstreamRuntime
 from gateway.upstreams.base import InvalidSubject, RouteMatch, Subject, UpstreamAnswer
@@ -218,7 +219,7 @@ class Proxy:
         if method not in ("POST", "PUT", "PATCH"):
             headers.check_no_body(self.limits.max_request_body)
 
-        client_id, query = self._authenticate(headers, query, upstream)
+        client_id, query = self._authenticate(headers, query, upstream, policy)
         client = policy.clients.get(client_id) if client_id is not None else None
         if client is None:
             raise Unauthenticated("a valid gateway key is required (Bearer or the API's key slot)")
@@ -436,7 +437,11 @@ class Proxy:
         return segments[1], "/" + "/".join(segments[2:]), query
 
     def _authenticate(
-        self, headers: InboundHeaders, query: list[tuple[str, str]], upstream: UpstreamRuntime
+        self,
+        headers: InboundHeaders,
+        query: list[tuple[str, str]],
+        upstream: UpstreamRuntime,
+        policy: CompiledPolicy,
     ) -> tuple[str | None, list[tuple[str, str]]]:
         """The client id, and the query with the caller's key removed."""
         bearer = None
@@ -459,7 +464,7 @@ class Proxy:
         presented = bearer if bearer is not None else (slot_values[0] if slot_values else None)
         if presented is None:
             return None, query
-        return self.rt.client_keys.identify(presented), query
+        return self.rt.client_keys.identify(presented, policy), query
 
     async def _forward(
         self,

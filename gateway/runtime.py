@@ -19,7 +19,7 @@ from opentelemetry import trace
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditRecord
 from gateway.cache import AnswerCache
-from gateway.clients import KeyRegistry
+from gateway.clients import ClientKeys
 from gateway.errors import ServiceUnavailable
 from gateway.limits import Limiter
 from gateway.policies.compile import CompiledPolicy
@@ -145,7 +145,7 @@ class GatewayRuntime:
         limiter: Limiter,
         session: aiohttp.ClientSession,
         pseudonyms: Pseudonymizer,
-        client_keys: KeyRegistry,
+        client_keys: ClientKeys,
         id_key: bytes,
         metrics: Metrics,
         tracer: trace.Tracer | None = None,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.cli import main
 from gateway.clients import key_hash, load_admin_hashes, load_issued_keys
 from gateway.policies.loader import read_policy
-from tests.support.gateway import SHIPPED_POLICY
+from tests.support.gateway import SHIPPED_POLICY, running_gateway
 
 
 @pytest.fixture
@@ -165,3 +167,39 @@ def test_the_embedded_demo_policy_is_the_shipped_one() -> None:
     from gateway.app import DEMO_POLICY
 
     assert DEMO_POLICY.read_bytes() == SHIPPED_POLICY.read_bytes()
+
+
+def test_a_key_issued_while_the_gateway_runs_works_without_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policies.yaml"
+    shutil.copy(SHIPPED_POLICY, policy)
+    data = tmp_path / "var"
+    with running_gateway(data, policies=policy) as gw, httpx.Client(base_url=gw.url) as c:
+        assert (
+            main(
+                [
+                    "clients",
+                    "add",
+                    "crm",
+                    "--kind",
+                    "crm",
+                    "--purpose",
+                    "sales",
+                    "--policies",
+                    str(policy),
+                    "--data-dir",
+                    str(data),
+                ]
+            )
+            == 0
+        )
+        key = capsys.readouterr().out.strip().splitlines()[-1]
+        deadline = time.monotonic() + 5
+        while True:  # the issued-keys file is looked at once a second
+            r = c.get("/klout/v2/user.json/5001/score", params={"key": key})
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200
+        assert r.json()["score"] == 71.3
