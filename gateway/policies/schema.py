@@ -9,6 +9,7 @@ durations). ``gateway policy schema`` prints it; the copy in
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ _HELP: dict[str, dict[str, str]] = {
 def policy_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the policy file, with descriptions."""
     schema: dict[str, Any] = msgspec.json.schema(Policy)
+    _clean_descriptions(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Score gateway policy (policies.yaml)"
     defs: dict[str, Any] = schema.get("$defs", {})
@@ -126,6 +128,25 @@ def policy_schema() -> dict[str, Any]:
         if option.get("type") == "string":
             option["pattern"] = _DURATION
     return schema
+
+
+def _clean_descriptions(node: Any) -> None:
+    """Dedent descriptions taken from docstrings, in place.
+
+    msgspec copies class docstrings into ``description``; whether it dedents them
+    changed between releases (0.19 did, 0.23 does not). ``inspect.cleandoc`` makes
+    the schema text the same under either, so the checked-in file does not depend
+    on an incidental detail of a dependency.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                node[key] = inspect.cleandoc(value)
+            else:
+                _clean_descriptions(value)
+    elif isinstance(node, list):
+        for item in node:
+            _clean_descriptions(item)
 
 
 def schema_json() -> str:
