@@ -210,6 +210,9 @@ def raised_limits_policy(tmp: Path) -> Path:
         )
     path = tmp / "policies.yaml"
     path.write_text(text, encoding="utf-8")
+    # The policy names its test cases beside it; it goes live only with them.
+    if not (tmp / "policy-tests").exists():
+        shutil.copytree(ROOT / "policy-tests", tmp / "policy-tests")
     check = subprocess.run(
         [str(BIN / "gateway"), "policy", "check", str(path)],
         capture_output=True,

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -36,11 +37,12 @@ from gateway.errors import (
     Problem,
     ServiceUnavailable,
     Unauthenticated,
-    problem_body,
+    render_problem,
 )
 from gateway.headers import InboundHeaders
+from gateway.policies.admission import admit_policy
 from gateway.policies.evaluate import evaluate
-from gateway.policies.loader import PolicyError, parse_policy
+from gateway.policies.loader import PolicyError
 from gateway.policies.model import OUTCOMES, LookupContext, Outcome
 from gateway.policies.reload import PolicyStatus
 from gateway.policies.testing import decision_kind, route_template
@@ -82,18 +84,8 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         try:
             InboundHeaders(scope["headers"]).check_host(scope.get("http_version", "1.1"))
         except GatewayError as error:
-            body = problem_body(error, request_id)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": error.status,
-                    "headers": [
-                        (b"content-type", b"application/problem+json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"x-request-id", request_id.encode()),
-                    ],
-                }
-            )
+            status, headers, body = render_problem(error, request_id)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
 
@@ -142,6 +134,9 @@ class Readiness(msgspec.Struct):
     audit: bool
     keys: bool
     policy_version: str | None = None
+    # What the operator must still provide (an upstream's key, a client key, an
+    # admin token), in words they can act on; ready only when empty.
+    missing: list[str] = []
 
 
 @get("/healthz", summary="Liveness", tags=["health"], middleware=[request_id_middleware])
@@ -157,18 +152,21 @@ async def healthz() -> Health:
     middleware=[request_id_middleware],
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
-    """Ready when the policy is loaded, the signing keys are usable and the audit
-    store takes records; 503 otherwise (the proxy would fail closed anyway)."""
+    """Ready when the policy is loaded, the signing keys are usable, the audit store
+    takes records, and nothing an operator must provide is missing (each upstream's
+    key, a client key, an admin token: listed in ``missing``); 503 otherwise."""
     state = gateway_state(request)
     policy_ok = state.policy is not None and state.policy.current is not None
     audit_ok = state.audit is not None and state.audit.healthy()
     keys_ok = state.keyring is not None
+    missing = state.missing()
     body = Readiness(
-        ready=policy_ok and audit_ok and keys_ok,
+        ready=policy_ok and audit_ok and keys_ok and not missing,
         policy=policy_ok,
         audit=audit_ok,
         keys=keys_ok,
         policy_version=state.policy.current.version if state.policy is not None else None,
+        missing=missing,
     )
     return Response(body, status_code=200 if body.ready else 503)
 
@@ -212,17 +210,19 @@ def _unavailable(what: str) -> ServiceUnavailable:
     return ServiceUnavailable(f"{what} is not ready", code="gateway.starting")
 
 
-class PolicyProblem(msgspec.Struct):
+class PolicyProblem(msgspec.Struct, omit_defaults=True):
     code: str
     message: str
     line: int
     col: int
+    file: str | None = None  # a test case file, when the problem is a failing case
 
 
 class Validation(msgspec.Struct):
     valid: bool
     version: str | None = None
     problems: list[PolicyProblem] = []
+    cases_passed: int = 0
 
 
 class ExplainRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -328,28 +328,29 @@ async def get_policy(request: Request[Any, Any, Any]) -> PolicyStatus:
     status_code=200,
     request_max_body_size=1024 * 1024,
 )
-async def validate_policy(body: RawBody) -> Validation:
-    """Send the YAML text of a policy file; get every problem with its line and column."""
+async def validate_policy(request: Request[Any, Any, Any], body: RawBody) -> Validation:
+    """Send the YAML text of a policy file; learn whether a running gateway would put it
+    live: every mistake with its line and column, and every failing test case (the
+    same check as the reload and ``gateway policy check``). Never a 5xx: whatever the
+    text holds is an answer about the text."""
+    holder = gateway_state(request).policy
+    path = holder.path if holder is not None else Path("policies.yaml")
+    previous = holder.current if holder is not None else None
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return Validation(
-            valid=False,
-            problems=[
-                PolicyProblem(code="file.encoding", message="the file is not UTF-8", line=1, col=1)
-            ],
+        admitted = await asyncio.to_thread(
+            admit_policy, body, path, filename=path.name, previous=previous
         )
-    try:
-        source = parse_policy(text, filename="policies.yaml")
     except PolicyError as exc:
         return Validation(
             valid=False,
             problems=[
-                PolicyProblem(code=p.code, message=p.message, line=p.line, col=p.col)
+                PolicyProblem(code=p.code, message=p.message, line=p.line, col=p.col, file=p.file)
                 for p in exc.problems
             ],
         )
-    return Validation(valid=True, version=source.version)
+    return Validation(
+        valid=True, version=admitted.policy.version, cases_passed=admitted.cases_passed
+    )
 
 
 @post(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -42,11 +43,13 @@ from gateway.clients import (
     ClientKeys,
     key_hash,
     load_admin_hashes,
+    load_issued_keys,
 )
-from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, render_problem
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
+from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
-from gateway.policies.reload import PolicyHolder
+from gateway.policies.reload import PolicyHolder, PolicyLoad
 from gateway.proxy import Proxy
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
@@ -71,12 +74,72 @@ class GatewayState:
         self.pseudonyms: Pseudonymizer | None = None
         self.admin_hashes: list[str] = []
 
+    def missing(self) -> list[str]:
+        """What an operator must still provide before lookups can be answered, in words
+        they can act on; empty when nothing is missing. ``/readyz`` answers 503 while
+        it is not, and the start logs it."""
+        settings = self.settings
+        out: list[str] = []
+        policy = self.policy.current if self.policy is not None else None
+        if policy is None:
+            return ["the policy is not loaded"]
+        for upstream in policy.upstreams.values():
+            credential = upstream.credential
+            if settings.demo and upstream.name == "klout":
+                continue  # the bundled simulator's key is injected in demo mode
+            if not (credential.query_param or credential.header):
+                continue  # this upstream takes no key
+            if not credential.env:
+                out.append(
+                    f"upstream {upstream.name!r}: its credential names no environment "
+                    "variable (credential.env in the policy)"
+                )
+            elif not os.environ.get(credential.env):
+                out.append(
+                    f"upstream {upstream.name!r}: the environment variable {credential.env} "
+                    "holding its key is not set"
+                )
+        if not settings.demo and not self._any_client_key(policy):
+            out.append(
+                "no client has a key: issue one with 'gateway clients add ID --kind KIND "
+                "--purpose PURPOSE'"
+            )
+        if not self.admin_hashes:
+            out.append("no admin token: create one with 'gateway admin-token'")
+        return out
+
+    def _any_client_key(self, policy: CompiledPolicy) -> bool:
+        if any(client.key_hash for client in policy.clients.values()):
+            return True
+        try:
+            return bool(load_issued_keys(self.settings.data_dir).keys)
+        except (OSError, msgspec.DecodeError):
+            return False
+
     def admin_ok(self, token: str) -> bool:
         digest = key_hash(token)
         ok = False
         for known in self.admin_hashes:
             ok |= hmac.compare_digest(known, digest)
         return ok
+
+
+def load_detail(load: PolicyLoad) -> str:
+    """A policy load in plain words, for its log line and its audit record."""
+    parts = []
+    if load.file_digest:
+        parts.append(f"file {load.file_digest}")
+    if load.previous and load.previous != load.version:
+        parts.append(f"previous {load.previous}")
+    if load.changes:
+        parts.append(f"changes: {load.changes}")
+    if load.objections_only:
+        parts.append("objection list only (test cases not needed)")
+    elif load.ok and load.cases_passed:
+        parts.append(f"{load.cases_passed} test cases pass")
+    if load.errors:
+        parts.append("refused: " + " | ".join(load.errors))
+    return "; ".join(parts)
 
 
 def policy_path(settings: Settings) -> Path:
@@ -158,25 +221,31 @@ async def _start(
 
     pending_loads: set[asyncio.Task[None]] = set()
 
-    async def audit_load(version: str | None, ok: bool, errors: tuple[str, ...]) -> None:
+    async def audit_load(load: PolicyLoad) -> None:
         record = AuditRecord(
             kind="policy.load",
             time=rfc3339(time.time()),
             request_id=uuid.uuid4().hex,
-            decision="loaded" if ok else "rejected",
-            policy_version=version,
-            detail="; ".join(errors)[:4000] if errors else None,
+            decision="loaded" if load.ok else "refused",
+            policy_version=load.version,
+            detail=load_detail(load)[:4000],
         )
         try:
             await audit.append(record)
         except GatewayError:
-            log.error("could not audit a policy load of %s", version)
+            log.error("could not audit a policy load of %s", load.version)
 
-    def on_load(version: str | None, ok: bool, errors: tuple[str, ...]) -> None:
-        state.metrics.policy_reloads.labels("ok" if ok else "error").inc()
-        if not ok:
-            log.warning("policy change refused; the active policy stays: %s", "; ".join(errors))
-        task = asyncio.get_running_loop().create_task(audit_load(version, ok, errors))
+    def on_load(load: PolicyLoad) -> None:
+        state.metrics.policy_reloads.labels("ok" if load.ok else "error").inc()
+        if load.ok:
+            log.info("policy %s in force: %s", load.version, load_detail(load))
+        else:
+            log.warning(
+                "policy change refused; %s stays in force: %s",
+                load.version,
+                "; ".join(load.errors),
+            )
+        task = asyncio.get_running_loop().create_task(audit_load(load))
         pending_loads.add(task)
         task.add_done_callback(pending_loads.discard)
 
@@ -258,6 +327,11 @@ async def _start(
     )
     state.runtime = runtime
     holder["proxy"] = Proxy(runtime)
+    missing = state.missing()
+    if missing:
+        # Started, but not ready: /readyz answers 503 with the same list until each
+        # piece is provided (keys and tokens are picked up without a restart).
+        log.warning("not ready to answer lookups; missing: %s", " | ".join(missing))
 
 
 async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> str:
@@ -298,13 +372,25 @@ async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> s
     return f"http://127.0.0.1:{bound}"
 
 
+_FRAMEWORK_HEADERS = frozenset({b"content-type", b"content-length", b"x-request-id"})
+
+
 def _problem_response(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    request_id = request.headers.get("x-request-id-internal")
+    # The id the request_id middleware made for this request; never anything the
+    # caller sent (a forged X-Request-Id* header is not a request id of ours).
+    request_id = request.scope.get("state", {}).get("request_id")
+    made_here = not isinstance(request_id, str)
+    if made_here:  # a route outside the middleware: this answer still gets an id
+        request_id = uuid.uuid4().hex
+    status, headers, body = render_problem(exc, request_id)
+    skip = _FRAMEWORK_HEADERS - ({b"x-request-id"} if made_here else set())
     return Response(
-        content=problem_body(exc, request_id),
-        status_code=exc.status,
+        content=body,
+        status_code=status,
         media_type=PROBLEM_CONTENT_TYPE,
-        headers=exc.headers,
+        # Litestar writes content-type and content-length, the request_id middleware
+        # x-request-id; the error's own (WWW-Authenticate, Retry-After) go with it.
+        headers={k.decode(): v.decode() for k, v in headers if k not in skip},
     )
 
 

@@ -12,99 +12,88 @@ from pathlib import Path
 import msgspec
 
 from gateway import __version__
-from gateway.settings import Settings, from_env, parse_upstream_overrides
+from gateway.settings import Settings, SettingsError, resolve
 
 SETTINGS_ENV = "GATEWAY__SETTINGS_JSON"  # hands settings to uvicorn worker processes
 
 
+_DEFAULTS = Settings()
+
+
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    env = from_env()
+    # Every default is None: the value comes from settings.resolve (flag, then
+    # GATEWAY_*, then the default in Settings), the one place defaults are written.
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument(
         "--demo",
         action="store_true",
-        default=env.get("demo", False),
-        help="add the bundled Klout simulator and the demo clients",
+        default=None,
+        help="add the bundled Klout simulator and the demo clients ($GATEWAY_DEMO)",
     )
-    p.add_argument("--host", default=env.get("host", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(str(env.get("port", 8080))))
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(str(env.get("data_dir", "var"))),
-        help="keys and the embedded audit store (default ./var)",
-    )
-    p.add_argument("--policies", type=Path, default=Path(str(env.get("policies", "policies.yaml"))))
+    p.add_argument("--host", help=f"address to listen on (default {_DEFAULTS.host})")
+    p.add_argument("--port", type=int, help=f"port to listen on (default {_DEFAULTS.port})")
+    _data_dir_flag(p)
+    _policies_flag(p)
     p.add_argument(
         "--database-url",
-        default=env.get("database_url"),
         help="PostgreSQL URL for an audit store shared by several replicas",
     )
     p.add_argument(
         "--redis-url",
-        default=env.get("redis_url"),
         help="Redis URL for quotas shared by several replicas",
     )
     p.add_argument(
         "--upstream",
         action="append",
-        default=list(env.get("upstream", [])),  # type: ignore[call-overload]
+        default=None,
+        dest="upstream_override",
         metavar="NAME=URL",
-        help="point a configured upstream at another base URL",
+        help="point a configured upstream at another base URL ($GATEWAY_UPSTREAMS, comma list)",
     )
     p.add_argument(
         "--demo-upstream-port",
         type=int,
-        default=0,
         help="port of the bundled simulator in demo mode (default: any free port)",
     )
-    p.add_argument("--workers", type=int, default=int(str(env.get("workers", 1))))
+    p.add_argument("--workers", type=int, help=f"worker processes (default {_DEFAULTS.workers})")
     p.add_argument(
         "--otlp-endpoint",
-        default=env.get("otlp_endpoint"),
         help="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces",
     )
-    p.add_argument("--log-level", default=env.get("log_level", "info"))
+    p.add_argument("--log-level", help=f"default {_DEFAULTS.log_level}")
     p.add_argument(
         "--cache-entries",
         type=int,
-        default=int(str(env.get("cache_entries", 0))),
         help="keep up to N upstream answers for reuse, never past the terms' max cache age "
-        "(default 0: no cache)",
+        f"(default {_DEFAULTS.cache_entries}: no cache)",
     )
     p.add_argument(
         "--cache-max-age",
         type=float,
-        default=float(str(env.get("cache_max_age", 86400))),
-        help="seconds an answer may be reused, at most (default 86400)",
+        help=f"seconds an answer may be reused, at most (default {_DEFAULTS.cache_max_age:g})",
     )
     p.set_defaults(func=cmd_serve)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    try:
-        overrides = parse_upstream_overrides(args.upstream)
-    except ValueError as exc:
-        print(f"gateway serve: {exc}", file=sys.stderr)
-        return 2
-    settings = Settings(
-        demo=args.demo,
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir,
-        policies=args.policies,
-        database_url=args.database_url,
-        redis_url=args.redis_url,
-        upstream_overrides=overrides,
-        demo_upstream_port=args.demo_upstream_port,
-        workers=args.workers,
-        otlp_endpoint=args.otlp_endpoint,
-        log_level=args.log_level,
-        cache_entries=args.cache_entries,
-        cache_max_age=args.cache_max_age,
+def _data_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help=f"keys, issued-key hashes and the embedded audit store "
+        f"($GATEWAY_DATA_DIR, default ./{_DEFAULTS.data_dir})",
     )
+
+
+def _policies_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policies",
+        type=Path,
+        help=f"the policy file ($GATEWAY_POLICIES, default ./{_DEFAULTS.policies})",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings: Settings = args.settings
     problem = _preflight(settings)
     if problem:
         print(f"gateway serve: {problem}", file=sys.stderr)
@@ -112,20 +101,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.telemetry import configure_logging
 
     configure_logging(settings.log_level)
-    from gateway.server import uvicorn_options
+    from gateway.server import BindError, StartError, serve
 
-    common = {
-        "host": settings.host,
-        "port": settings.port,
-        **uvicorn_options(log_level=settings.log_level),
-    }
-    if settings.workers > 1:
-        os.environ[SETTINGS_ENV] = msgspec.json.encode(settings, enc_hook=_encode_path).decode()
-        uvicorn.run("gateway.cli:app_from_env", factory=True, workers=settings.workers, **common)
-    else:
-        from gateway.app import create_app
-
-        uvicorn.run(create_app(settings), **common)
+    try:
+        serve(settings, SETTINGS_ENV, _encode_path)
+    except (BindError, StartError) as exc:
+        print(f"gateway serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -155,15 +137,17 @@ def _preflight(settings: Settings) -> str | None:
     """Problems that must stop the start, with a message an operator can act on."""
     from gateway.app import policy_path
     from gateway.audit.signing import KeyRing, SigningKeyError
-    from gateway.policies.loader import PolicyError, read_policy
+    from gateway.policies.admission import admit_policy
+    from gateway.policies.loader import PolicyError, read_policy_bytes
 
     path = policy_path(settings)
     if not path.exists():
         return f"{path}: no such policy file (use --policies, or --demo for the bundled one)"
     try:
-        read_policy(path)
+        # The same check as a reload: a file whose own cases fail never goes live.
+        admit_policy(read_policy_bytes(path), path)
     except PolicyError as exc:
-        return "the policy file has errors:\n" + "\n".join(exc.lines())
+        return "the policy cannot go live:\n" + "\n".join(exc.lines())
     try:
         KeyRing.load_or_create(settings.data_dir)
     except SigningKeyError as exc:
@@ -206,8 +190,8 @@ def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a purpose it is registered for (repeat for several)",
     )
     add.add_argument("--default-purpose")
-    add.add_argument("--policies", type=Path, default=Path("policies.yaml"))
-    add.add_argument("--data-dir", type=Path, default=Path("var"))
+    _policies_flag(add)
+    _data_dir_flag(add)
     add.set_defaults(func=cmd_clients_add)
 
 
@@ -243,8 +227,8 @@ def _objections_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     add.add_argument("--upstream", required=True, help="the upstream they are known at, e.g. klout")
     add.add_argument("--subject", required=True, help="their identifier there (name or id)")
-    add.add_argument("--policies", type=Path, default=Path("policies.yaml"))
-    add.add_argument("--data-dir", type=Path, default=Path("var"))
+    _policies_flag(add)
+    _data_dir_flag(add)
     add.set_defaults(func=cmd_objections_add)
 
 
@@ -284,7 +268,7 @@ def cmd_objections_add(args: argparse.Namespace) -> int:
 
 def _admin_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("admin-token", help="create an admin token for /admin (shown once)")
-    p.add_argument("--data-dir", type=Path, default=Path("var"))
+    _data_dir_flag(p)
     p.set_defaults(func=cmd_admin_token)
 
 
@@ -317,8 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Flags that are settings: a command that has one and was not given it gets the
+#: resolved value (GATEWAY_*, else the default), so every command agrees.
+SETTING_FLAGS = ("data_dir", "policies", "database_url", "redis_url")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        args.settings = resolve(vars(args))
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    for name in SETTING_FLAGS:
+        if getattr(args, name, False) is None:
+            setattr(args, name, getattr(args.settings, name))
     code: int = args.func(args)
     return code

@@ -130,3 +130,26 @@ _problem_encoder = msgspec.json.Encoder()
 
 def problem_body(error: GatewayError, request_id: str | None) -> bytes:
     return _problem_encoder.encode(error.problem(request_id))
+
+
+def render_problem(
+    error: GatewayError, request_id: str | None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The one rendering of an error as an RFC 9457 answer: ``(status, headers, body)``.
+
+    RFC 9457 (Problem Details for HTTP APIs) section 3: the body is a JSON object
+    with ``type``, ``title``, ``status`` and ``detail``, served as
+    ``application/problem+json``; ``code`` and ``request_id`` are our extension
+    members. The proxy, the admin routes, the app's exception handlers and the
+    server's own refusals all answer through here. ``request_id`` is always one the
+    gateway made (or ``None`` before there is a request): never a caller's header.
+    """
+    body = problem_body(error, request_id)
+    headers = [
+        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode()))
+    headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+    return error.status, headers, body

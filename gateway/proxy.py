@@ -42,7 +42,6 @@ from yarl import URL
 
 from gateway.audit.record import AuditRecord, rfc3339
 from gateway.errors import (
-    PROBLEM_CONTENT_TYPE,
     AuditUnavailable,
     BadRequest,
     GatewayError,
@@ -55,7 +54,7 @@ from gateway.errors import (
     Unauthenticated,
     UpstreamError,
     UpstreamTimeout,
-    problem_body,
+    render_problem,
 )
 from gateway.headers import InboundHeaders
 from gateway.limits import Quota
@@ -170,13 +169,7 @@ class Proxy:
             lookup.status = error.status
             lookup.error = error.code
             lookup.decision = lookup.decision or "error"
-            body = problem_body(error, request_id)
-            headers = [
-                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-                *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
-            ]
+            status, headers, body = render_problem(error, request_id)
             if isinstance(error, AuditUnavailable) and lookup.intent_committed:
                 # The intent is in the log but its outcome is not: record the failure
                 # as soon as the store takes records again (no score was returned).
@@ -190,7 +183,7 @@ class Proxy:
                 with contextlib.suppress(AuditUnavailable):
                     await self._audit("lookup", request_id, lookup, started)
             rt.metrics.lookup(lookup, time.perf_counter() - started)
-            await _respond(send, error.status, headers, body)
+            await _respond(send, status, headers, body)
             return
         headers = [
             (b"content-type", answer.content_type.encode()),

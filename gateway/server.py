@@ -11,11 +11,18 @@ runs (reliability.md catalogue 1 #25 and #29; nginx ``client_header_timeout``,
 from __future__ import annotations
 
 import asyncio
-import json
+import errno
+import socket
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.errors import GatewayError, render_problem
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 # Callers are enterprise systems on a company network sending small requests: a few
 # seconds is generous, and short deadlines keep stalled sockets from piling up.
@@ -27,23 +34,15 @@ MAX_TARGET_BYTES = 16 * 1024  # the request target; the proxy's own limit is low
 
 
 def _response(status: int, code: str, detail: str) -> bytes:
-    """A complete problem+json answer written straight to the socket, then closed."""
-    phrase = HTTPStatus(status).phrase
-    body = json.dumps(
-        {
-            "type": f"urn:score-gateway:problem:{code}",
-            "title": phrase,
-            "status": status,
-            "code": code,
-            "detail": detail,
-        },
-        separators=(",", ":"),
-    ).encode()
-    head = (
-        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/problem+json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    """A complete problem+json answer written straight to the socket, then closed.
+
+    These refusals come before there is a request (no request id yet); their body is
+    rendered by the one problem renderer all other answers use."""
+    status, headers, body = render_problem(GatewayError(detail, code=code, status=status), None)
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+    head += [name + b": " + value for name, value in headers]
+    head.append(b"connection: close")
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 TIMEOUT_408 = _response(408, "request.timeout", "the request was not sent in time")
@@ -158,3 +157,71 @@ def uvicorn_options(*, log_level: str = "info") -> dict[str, Any]:
         "access_log": False,
         "log_config": None,  # keep the JSON logging the CLI configured
     }
+
+
+class BindError(Exception):
+    """The address cannot be listened on; the message is one line with a hint."""
+
+
+class StartError(Exception):
+    """The server bound its port but the app did not start (the log says why)."""
+
+
+_BIND_HINTS = {
+    errno.EADDRINUSE: "another program is listening there (see it with: ss -ltnp "
+    "'sport = :{port}'); stop it, or choose another port with --port or GATEWAY_PORT",
+    errno.EACCES: "ports below 1024 need privileges; choose a port of 1024 or more "
+    "with --port or GATEWAY_PORT",
+    errno.EADDRNOTAVAIL: "this machine has no such address; use 127.0.0.1, 0.0.0.0 or one "
+    "of its own addresses with --host or GATEWAY_HOST",
+}
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket of ``gateway serve``, bound here rather than inside uvicorn,
+    so that a taken port is a one-line error with a hint instead of a log line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        hint = _BIND_HINTS.get(exc.errno or 0, "check --host and --port").format(port=port)
+        raise BindError(f"cannot listen on {host}:{port}: {reason}; {hint}") from None
+    except (socket.gaierror, UnicodeError) as exc:  # pragma: no cover - OSError above
+        sock.close()
+        raise BindError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)  # worker processes serve on it
+    return sock
+
+
+def serve(settings: Settings, settings_env: str, encode_path: Callable[[object], str]) -> None:
+    """Bind, then run uvicorn on the bound socket: one process, or ``workers`` processes
+    that each build the app from the settings handed to them in ``settings_env``."""
+    import os
+
+    import msgspec
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sock = bind(settings.host, settings.port)
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port}
+    options.update(uvicorn_options(log_level=settings.log_level))
+    try:
+        if settings.workers > 1:
+            os.environ[settings_env] = msgspec.json.encode(settings, enc_hook=encode_path).decode()
+            config = uvicorn.Config(
+                "gateway.cli:app_from_env", factory=True, workers=settings.workers, **options
+            )
+            Multiprocess(config, sockets=[sock]).run()
+            return
+        from gateway.app import create_app
+
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        server.run(sockets=[sock])
+        if not server.started:
+            raise StartError("the gateway did not start; the log above says why")
+    finally:
+        sock.close()

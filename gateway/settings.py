@@ -1,5 +1,9 @@
 """Deployment settings: every limit and timeout, from flags or ``GATEWAY_*`` variables.
 
+Every command reads them through :func:`resolve`, in one order: a flag given on the
+command line, else its ``GATEWAY_*`` environment variable, else the default written
+here, in :class:`Settings`, and nowhere else.
+
 Policy (what may be looked up, by whom, for what) lives in ``policies.yaml`` and
 belongs to compliance staff; these settings (where to listen, where data lives,
 how long to wait) belong to operators.
@@ -8,7 +12,7 @@ how long to wait) belong to operators.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -58,39 +62,87 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits = Limits()
 
 
-def parse_upstream_overrides(values: list[str]) -> dict[str, str]:
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names where it came from."""
+
+
+def parse_upstream_overrides(values: list[str], *, origin: str = "--upstream") -> dict[str, str]:
     """``NAME=URL`` pairs; the URL must be http(s) with a host."""
     out: dict[str, str] = {}
     for value in values:
         name, sep, url = value.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
-            raise ValueError(f"--upstream expects NAME=http(s)://HOST[:PORT], got {value!r}")
+            raise SettingsError(f"{origin} expects NAME=http(s)://HOST[:PORT], got {value!r}")
         out[name] = url
     return out
 
 
-def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
-    """Settings given as ``GATEWAY_*`` environment variables, as flag defaults."""
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+#: ``GATEWAY_<NAME>`` -> (settings field, how to read the text).
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
+    "DEMO": ("demo", _boolean),
+    "HOST": ("host", str),
+    "PORT": ("port", int),
+    "DATA_DIR": ("data_dir", Path),
+    "POLICIES": ("policies", Path),
+    "DATABASE_URL": ("database_url", str),
+    "REDIS_URL": ("redis_url", str),
+    "OTLP_ENDPOINT": ("otlp_endpoint", str),
+    "LOG_LEVEL": ("log_level", str),
+    "WORKERS": ("workers", int),
+    "CACHE_ENTRIES": ("cache_entries", int),
+    "CACHE_MAX_AGE": ("cache_max_age", float),
+    "DEMO_UPSTREAM_PORT": ("demo_upstream_port", int),
+}
+
+
+def resolve(
+    flags: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The settings every command runs with, from one place: a flag given on the command
+    line, else its ``GATEWAY_*`` variable, else the default written in :class:`Settings`.
+
+    ``flags`` maps field names to values, ``None`` meaning "not given" (argparse's
+    namespace as a dict will do: unknown names are ignored). ``--upstream NAME=URL``
+    flags (``upstream_override``, a list) are added to ``GATEWAY_UPSTREAMS`` and win
+    for the same name.
+    """
     env = os.environ if environ is None else environ
-    out: dict[str, object] = {}
-    mapping = {
-        "HOST": "host",
-        "PORT": "port",
-        "DATA_DIR": "data_dir",
-        "POLICIES": "policies",
-        "DATABASE_URL": "database_url",
-        "REDIS_URL": "redis_url",
-        "OTLP_ENDPOINT": "otlp_endpoint",
-        "LOG_LEVEL": "log_level",
-        "WORKERS": "workers",
-        "CACHE_ENTRIES": "cache_entries",
-        "CACHE_MAX_AGE": "cache_max_age",
-    }
-    for suffix, field in mapping.items():
-        if (value := env.get(ENV_PREFIX + suffix)) is not None:
-            out[field] = value
-    if env.get(ENV_PREFIX + "DEMO", "").lower() in {"1", "true", "yes", "on"}:
-        out["demo"] = True
+    values: dict[str, object] = {}
+    for suffix, (name, read) in ENVIRONMENT.items():
+        text = env.get(ENV_PREFIX + suffix)
+        if text is None:
+            continue
+        try:
+            values[name] = read(text)
+        except ValueError as exc:
+            raise SettingsError(
+                f"{ENV_PREFIX}{suffix}={text[:80]!r} cannot be used: {exc}"
+            ) from None
+    overrides: dict[str, str] = {}
     if upstreams := env.get(ENV_PREFIX + "UPSTREAMS"):
-        out["upstream"] = [u.strip() for u in upstreams.split(",") if u.strip()]
-    return out
+        overrides.update(
+            parse_upstream_overrides(
+                [u.strip() for u in upstreams.split(",") if u.strip()],
+                origin=f"{ENV_PREFIX}UPSTREAMS",
+            )
+        )
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name == "upstream_override":
+            overrides.update(parse_upstream_overrides(list(value)))  # type: ignore[call-overload]
+        elif name in fields:
+            values[name] = value
+    if overrides:
+        values["upstream_overrides"] = overrides
+    return Settings(**values)  # type: ignore[arg-type]

@@ -164,3 +164,59 @@ def contexts(draw: st.DrawFn, hostile: bool = True) -> LookupContext:
         attributes=draw(_CONTEXT_ATTRIBUTES),
         outcome=draw(_OUTCOME),
     )
+
+
+# -- hostile policy text ----------------------------------------------------------------
+
+#: Tags a saved policy has been seen to carry, or that PyYAML treats specially.
+YAML_TAGS = (
+    "!foo", "!", "!!int", "!!float", "!!bool", "!!null", "!!str", "!!binary", "!!timestamp",
+    "!!set", "!!omap", "!!pairs", "!!map", "!!seq", "!!merge", "!!value", "!!yaml",
+    "!!python/object:os.system", "!!python/object/apply:os.system", "!!python/name:os.system",
+    "!<tag:yaml.org,2002:int>", "!<tag:example.com,2000:x>", "!!float#x",
+)  # fmt: skip
+YAML_SCALARS = (
+    "abc", "", "~", "=", "<<", "0x1F", "0o17", "0b101", "1_000", "1e999", "-1e999", ".nan",
+    ".inf", "-.inf", "1e-999", "9" * 5000, "9" * 100_000, "-" + "9" * 30, "2026-13-45",
+    "2026-12-01T25:61:00Z", "'\\ud800'", '"\\ud800"', '"\\x00"', "yes", "no", "on", "NULL",
+    "[a, b]", "{a: 1}", "{a: 1, a: 2}", "[[[[[[[[[[]]]]]]]]]]", "*alias", "&anchor x", "? k",
+    "|\n  block", ">-\n  folded", "'unterminated", '"unterminated', "a: b: c", "\t", "\ufeff",
+)  # fmt: skip
+#: Where a hostile line goes in the shipped policy: a top-level key, a rule's field,
+#: a purpose, a client field, a setting.
+YAML_ANCHORS = (
+    ("\nrules:\n", "\nrules:\n"),
+    ("  - id: deny-employment\n", "  - id: deny-employment\n"),
+    ("purposes:\n", "purposes:\n"),
+    ("  reveal_neutralized: false\n", "  reveal_neutralized: false\n"),
+    ("    kind: crm\n", "    kind: crm\n"),
+)  # fmt: skip
+
+
+@st.composite
+def hostile_lines(draw: st.DrawFn) -> str:
+    """One YAML line with a tag and a value policy files must never choke on."""
+    tag = draw(st.sampled_from(("", *YAML_TAGS)))
+    value = draw(st.sampled_from(YAML_SCALARS) | st.text(max_size=30))
+    key = draw(st.sampled_from(("zzz", "reason", "action", "calls_per_second", "neutral", "? x")))
+    indent = draw(st.sampled_from(("", "  ", "    ")))
+    return f"{indent}{key}: {tag} {value}".rstrip() + "\n"
+
+
+@st.composite
+def hostile_policy_texts(draw: st.DrawFn, shipped: str) -> bytes:
+    """The shipped policy with hostile lines spliced in, or hostile text on its own."""
+    kind = draw(st.sampled_from(("spliced", "replaced", "alone", "bytes")))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    lines = "".join(draw(st.lists(hostile_lines(), min_size=1, max_size=4)))
+    if kind == "alone":
+        return lines.encode("utf-8", "surrogatepass")
+    anchor, _ = draw(st.sampled_from(YAML_ANCHORS))
+    if kind == "replaced":
+        value = draw(st.sampled_from(YAML_SCALARS))
+        tag = draw(st.sampled_from(YAML_TAGS))
+        text = shipped.replace("calls_per_second: 9", f"calls_per_second: {tag} {value}", 1)
+    else:
+        text = shipped.replace(anchor, anchor + lines, 1)
+    return text.encode("utf-8", "surrogatepass")

@@ -86,7 +86,8 @@ def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("GATEWAY_DATA_DIR", "var")),
+        # None: filled in by the CLI from the settings (flag, GATEWAY_DATA_DIR, default)
+        default=None,
         help="keys and the embedded audit store (default ./var, or $GATEWAY_DATA_DIR)",
     )
 
@@ -95,7 +96,7 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
     _data_dir_argument(parser)
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("GATEWAY_DATABASE_URL"),
+        default=None,  # filled in from the settings: GATEWAY_DATABASE_URL
         help="PostgreSQL URL of a shared audit store (default: SQLite in the data dir)",
     )
 

@@ -1,16 +1,19 @@
 """``gateway policy check|test|explain|schema``: what compliance staff run before a change.
 
 - ``check [FILE]``: every mistake in the file, one per line, as
-  ``FILE:LINE:COL: message``; exit 0 when clean, 1 otherwise.
-- ``test [FILE] [--cases DIR]``: run the YAML cases (default ``tests/cases`` next to
-  the policy file); list failures with their case file and line; exit 1 on any
-  failure. Rules that no case exercises are listed as a warning.
+  ``FILE:LINE:COL: message``, and every failing case of its own tests when it
+  requires them; exit 0 when a running gateway would put the file live, 1
+  otherwise (the same check as the reload and ``POST /admin/policy/validate``).
+- ``test [FILE] [--cases DIR]``: run the YAML cases (default: the directories the
+  policy names in ``settings.tests``); list failures with their case file and
+  line; exit 1 on any failure. Rules that no case exercises are listed as a warning.
 - ``explain --client ID [--purpose P] --upstream NAME (--route R | --path P)
   [--outcome O] [FILE]``: the decision for one lookup, and every rule that matched
   with its line in the file, its reason and its source.
 - ``schema``: the JSON Schema of the policy file, for editors.
 
-``FILE`` defaults to ``policies.yaml`` in the current directory. The main CLI calls
+``FILE`` defaults to the policy file of the settings (``GATEWAY_POLICIES``, else
+``policies.yaml`` in the current directory). The main CLI calls
 :func:`register` with its subparsers; each subcommand sets ``func`` (args -> exit code).
 """
 
@@ -21,13 +24,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from gateway.policies.admission import admit_policy, case_dirs
 from gateway.policies.compile import CompiledPolicy, compile_policy
 from gateway.policies.evaluate import evaluate
-from gateway.policies.loader import PolicyError, read_policy
+from gateway.policies.loader import PolicyError, PolicySource, read_policy, read_policy_bytes
 from gateway.policies.model import OUTCOMES, Decision, LookupContext
 from gateway.policies.schema import schema_json
 from gateway.policies.testing import (
-    DEFAULT_CASES_DIR,
+    CaseResult,
     decision_kind,
     route_template,
     run_cases,
@@ -36,7 +40,11 @@ from gateway.policies.testing import (
 
 __all__ = ["explain_text", "register"]
 
-DEFAULT_POLICY_FILE = "policies.yaml"
+
+def _default_policy_file() -> str:
+    from gateway.settings import resolve
+
+    return str(resolve().policies)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,22 +59,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = policy.add_subparsers(dest="policy_command", metavar="{check,test,explain,schema}")
 
     check = sub.add_parser("check", help="list every mistake in the policy file")
-    check.add_argument("file", nargs="?", default=DEFAULT_POLICY_FILE, help="policy file")
+    check.add_argument("file", nargs="?", default=None, help="policy file")
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="run the YAML policy test cases")
-    test.add_argument("file", nargs="?", default=DEFAULT_POLICY_FILE, help="policy file")
+    test.add_argument("file", nargs="?", default=None, help="policy file")
     test.add_argument(
         "--cases",
         type=Path,
         default=None,
-        help=f"directory of case files (default: {DEFAULT_CASES_DIR} next to the policy file)",
+        help="directory of case files (default: those the policy names in settings.tests)",
     )
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     test.set_defaults(func=cmd_test)
 
     explain = sub.add_parser("explain", help="show how one lookup would be decided, and why")
-    explain.add_argument("file", nargs="?", default=DEFAULT_POLICY_FILE, help="policy file")
+    explain.add_argument("file", nargs="?", default=None, help="policy file")
     explain.add_argument("--client", required=True, help="client id, e.g. crm")
     explain.add_argument("--purpose", help="purpose (default: the client's default purpose)")
     explain.add_argument("--upstream", required=True, help="upstream name, e.g. klout")
@@ -92,39 +100,62 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _load(file: str, err: TextIO) -> CompiledPolicy | None:
+def _load(file: str | None, err: TextIO) -> CompiledPolicy | None:
+    file = file or _default_policy_file()
     try:
         return compile_policy(read_policy(file))
     except PolicyError as exc:
-        for line in exc.lines():
-            print(line, file=err)
-        print(
-            f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} "
-            f"in {file}; nothing was changed",
-            file=err,
-        )
+        _print_problems(exc, file, err)
         return None
 
 
+def _print_problems(exc: PolicyError, file: str, err: TextIO) -> None:
+    for line in exc.lines():
+        print(line, file=err)
+    count = len(exc.problems)
+    print(f"{count} problem{'s' if count != 1 else ''} in {file}; nothing was changed", file=err)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    policy = _load(args.file, sys.stderr)
-    if policy is None:
+    file = args.file or _default_policy_file()
+    try:
+        admitted = admit_policy(read_policy_bytes(file), file)
+    except PolicyError as exc:
+        _print_problems(exc, file, sys.stderr)
         return 1
-    print(f"{args.file}: OK, version {policy.version}, {len(policy.rules)} rules")
+    policy = admitted.policy
+    tested = (
+        f", {admitted.cases_passed} test cases pass"
+        if policy.policy.settings.require_tests
+        else " (require_tests is off: its cases were not run)"
+    )
+    print(f"{file}: OK, version {policy.version}, {len(policy.rules)} rules{tested}")
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    policy = _load(args.file, sys.stderr)
-    if policy is None:
+    file = args.file or _default_policy_file()
+    try:
+        source = read_policy(file)
+        policy = compile_policy(source)
+    except PolicyError as exc:
+        _print_problems(exc, file, sys.stderr)
         return 1
-    cases_dir = args.cases or Path(args.file).parent / DEFAULT_CASES_DIR
-    if not cases_dir.is_dir():
-        print(f"no case directory at {cases_dir}; give one with --cases DIR", file=sys.stderr)
-        return 1
-    results = run_cases(policy, cases_dir)
+    if args.cases is not None:
+        if not args.cases.is_dir():
+            print(f"no case directory at {args.cases}", file=sys.stderr)
+            return 1
+        dirs: list[Path] = [args.cases]
+    else:
+        named = _named_dirs(source, file)
+        if named is None:
+            return 1
+        dirs = named
+    results: list[CaseResult] = []
+    for directory in dirs:
+        results.extend(run_cases(policy, directory))
     if not results:
-        print(f"no cases found in {cases_dir}", file=sys.stderr)
+        print(f"no cases found in {', '.join(str(d) for d in dirs)}", file=sys.stderr)
         return 1
     failed = [r for r in results if not r.passed]
     for result in results:
@@ -135,6 +166,19 @@ def cmd_test(args: argparse.Namespace) -> int:
         print("warning: no case exercises these rules: " + ", ".join(missing))
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({policy.version})")
     return 1 if failed else 0
+
+
+def _named_dirs(source: PolicySource, file: str) -> list[Path] | None:
+    if not source.policy.settings.tests:
+        print(
+            f"{file} names no test cases (settings.tests); give a directory with --cases DIR",
+            file=sys.stderr,
+        )
+        return None
+    dirs, problems = case_dirs(source, Path(file).parent)
+    for problem in problems:
+        print(problem.render(file), file=sys.stderr)
+    return None if problems else dirs
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -48,6 +48,7 @@ __all__ = [
     "parse_policy",
     "policy_version",
     "read_policy",
+    "read_policy_bytes",
 ]
 
 #: Purpose identifiers are lowercase dotted words, exactly: ``employment.recruitment``.
@@ -70,7 +71,8 @@ class PolicyError(Exception):
     """A policy file that cannot be used; ``problems`` lists every mistake found."""
 
     def __init__(self, problems: list[Problem], filename: str = "policies.yaml") -> None:
-        self.problems = sorted(problems, key=lambda p: (p.line, p.col))
+        # The policy file's own problems first, then those in its test case files.
+        self.problems = sorted(problems, key=lambda p: (p.file or "", p.line, p.col))
         self.filename = filename
         super().__init__("\n".join(self.lines()))
 
@@ -90,6 +92,9 @@ class PolicySource:
     rule_lines: Mapping[str, int] = field(default_factory=dict)
     # upstream name -> line of its ``terms.banned_purposes`` (for implicit rules)
     terms_lines: Mapping[str, int] = field(default_factory=dict)
+    # (line, col) of ``settings.tests`` (or the nearest thing written), for the
+    # problems of the policy's own test cases
+    tests_at: tuple[int, int] = (1, 1)
 
 
 def policy_version(policy: Policy) -> str:
@@ -108,10 +113,14 @@ def parse_duration(text: str) -> int | None:
 
 def read_policy(path: str | Path) -> PolicySource:
     """Read and check a policy file; raise :class:`PolicyError` listing every problem."""
-    path = Path(path)
+    return parse_policy(read_policy_bytes(path), filename=str(path))
+
+
+def read_policy_bytes(path: str | Path) -> bytes:
+    """The bytes of a policy file; a missing or unreadable file is a :class:`PolicyError`."""
     filename = str(path)
     try:
-        raw = path.read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise PolicyError(
             [Problem("file.missing", "the policy file does not exist; check the path", 1, 1)],
@@ -122,7 +131,6 @@ def read_policy(path: str | Path) -> PolicySource:
             [Problem("file.unreadable", f"the policy file cannot be read ({exc.strerror})", 1, 1)],
             filename,
         ) from None
-    return parse_policy(raw, filename=filename)
 
 
 def parse_policy(text: str | bytes, *, filename: str = "policies.yaml") -> PolicySource:
@@ -188,6 +196,7 @@ def parse_policy(text: str | bytes, *, filename: str = "policies.yaml") -> Polic
         path=filename,
         rule_lines=rule_lines,
         terms_lines=terms_lines,
+        tests_at=located.where("$.settings.tests", key=True),
     )
 
 

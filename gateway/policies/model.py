@@ -157,6 +157,12 @@ class Settings(_Model, frozen=True, kw_only=True):
     # What happens to a lookup the policy does not know how to judge (an unknown
     # client, upstream or purpose): always refused, by an implicit ``policy.*`` rule.
     default_decision: Literal["deny"] = "deny"
+    # Directories of YAML test cases (``gateway policy test``), relative to this
+    # file. A changed file goes live only if every case in them passes.
+    tests: list[str] = []
+    # On (the default): a file whose cases fail, or that names none, never goes
+    # live; the last good policy stays. Off only for scratch policies.
+    require_tests: bool = True
 
 
 class Policy(_Model, frozen=True, kw_only=True):

@@ -103,6 +103,10 @@ _HELP: dict[str, dict[str, str]] = {
     "Settings": {
         "reveal_neutralized": "Whether callers may learn an answer was neutral. Keep false.",
         "default_decision": "What happens to lookups the policy cannot judge: deny.",
+        "tests": "Directories of YAML test cases, relative to this file. A changed file "
+        "goes live only if all of them pass.",
+        "require_tests": "When true (the default), a file whose test cases fail, or that "
+        "names none, never goes live; the previous policy stays in force.",
     },
 }
 

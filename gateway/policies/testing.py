@@ -23,8 +23,10 @@ list under ``cases:``; each case names a request and what the policy must decide
 ``decision: neutralize`` means allowed with the neutral score; ``allow`` means
 allowed with the real one. The order of ``rules`` does not matter.
 
-The cases live in ``tests/cases/`` next to the policy file: the shipped cases are
-also run by ``pytest``, so a policy change that breaks a case fails the build.
+A policy names its own cases (``settings.tests``, directories relative to the
+policy file; the shipped policy's are in ``policy-tests/``). A running gateway
+puts a changed file live only if they pass (``require_tests``), and ``pytest`` runs
+the shipped ones too, so a change that breaks a case fails the build as well.
 """
 
 from __future__ import annotations
@@ -45,16 +47,12 @@ from gateway.policies.model import Decision, LookupContext, Outcome
 from gateway.policies.yamlsource import Problem, YamlSourceError, read_yaml
 
 __all__ = [
-    "DEFAULT_CASES_DIR",
     "CaseResult",
     "decision_kind",
     "route_template",
     "run_cases",
     "uncovered",
 ]
-
-#: Where ``gateway policy test`` looks for cases, relative to the policy file.
-DEFAULT_CASES_DIR = Path("tests") / "cases"
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -104,6 +102,7 @@ class CaseResult:
     line: int
     failures: tuple[str, ...] = ()
     decision: Decision | None = field(default=None, compare=False)
+    col: int = 1
 
     @property
     def passed(self) -> bool:
@@ -148,7 +147,7 @@ def route_template(policy: CompiledPolicy, upstream: str, path: str) -> str:
     return template if isinstance(template, str) else raw_path
 
 
-def _load_cases(path: Path) -> tuple[list[tuple[Case, int]], list[Problem]]:
+def _load_cases(path: Path) -> tuple[list[tuple[Case, tuple[int, int]]], list[Problem]]:
     try:
         located = read_yaml(path.read_text(encoding="utf-8"))
     except YamlSourceError as exc:
@@ -165,7 +164,7 @@ def _load_cases(path: Path) -> tuple[list[tuple[Case, int]], list[Problem]]:
         case_file = msgspec.convert(located.data, CaseFile)
     except msgspec.ValidationError as exc:
         return [], [problem_from_msgspec(exc, located)]
-    return [(case, located.where(f"$.cases[{i}]")[0]) for i, case in enumerate(case_file.cases)], []
+    return [(case, located.where(f"$.cases[{i}]")) for i, case in enumerate(case_file.cases)], []
 
 
 def case_files(cases_dir: Path) -> list[Path]:
@@ -188,14 +187,15 @@ def run_cases(policy: CompiledPolicy, cases_dir: str | Path) -> list[CaseResult]
                     file=str(path),
                     line=problem.line,
                     failures=(f"{path}:{problem.line}:{problem.col}: {problem.message}",),
+                    col=problem.col,
                 )
             )
-        for case, line in cases:
-            results.append(run_case(policy, case, str(path), line))
+        for case, (line, col) in cases:
+            results.append(run_case(policy, case, str(path), line, col))
     return results
 
 
-def run_case(policy: CompiledPolicy, case: Case, file: str, line: int) -> CaseResult:
+def run_case(policy: CompiledPolicy, case: Case, file: str, line: int, col: int = 1) -> CaseResult:
     """Decide one case and compare with what it expects."""
     request = case.request
     failures: list[str] = []
@@ -208,7 +208,7 @@ def run_case(policy: CompiledPolicy, case: Case, file: str, line: int) -> CaseRe
     if (request.route is None) == (request.path is None):
         failures.append("the request needs exactly one of 'route' or 'path'")
     if failures or purpose is None:
-        return CaseResult(case.name, file, line, tuple(failures))
+        return CaseResult(case.name, file, line, tuple(failures), col=col)
     route = request.route or route_template(policy, request.upstream, request.path or "")
     context = LookupContext(
         client=request.client,
@@ -251,7 +251,7 @@ def run_case(policy: CompiledPolicy, case: Case, file: str, line: int) -> CaseRe
         failures.append(f"expected limits [{', '.join(expect.limits)}], got [{', '.join(limits)}]")
     if failures:
         failures.append("matched: " + (", ".join(matched) or "no rule"))
-    return CaseResult(case.name, file, line, tuple(failures), decision)
+    return CaseResult(case.name, file, line, tuple(failures), decision, col)
 
 
 def uncovered(policy: CompiledPolicy, results: Iterable[CaseResult]) -> list[str]:

@@ -33,9 +33,12 @@ class Problem:
     message: str
     line: int
     col: int
+    # The file the problem is in, when it is not the one being read (a test case
+    # file named by the policy).
+    file: str | None = None
 
     def render(self, filename: str) -> str:
-        return f"{filename}:{self.line}:{self.col}: {self.message}"
+        return f"{self.file or filename}:{self.line}:{self.col}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ def _pos(node: Node) -> tuple[int, int]:
 
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"
 
 
 def read_yaml(text: str) -> Located:
@@ -139,6 +143,72 @@ def read_yaml(text: str) -> Located:
     constructor = SafeConstructor()
     located.data = _convert(root, "$", located, located.problems, constructor, set())
     return located
+
+
+_PLAIN_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"})
+#: Scalar tags the safe constructor knows; any other tag (``!foo``) names a type
+#: this file cannot hold.
+_SCALAR_TAGS = frozenset(
+    "tag:yaml.org,2002:" + name for name in ("str", "int", "float", "bool", "null", "binary")
+)
+#: The digits of the longest integer or float a policy may hold. Python refuses to
+#: read integers longer than 4300 digits; far shorter ones already overflow every
+#: field (msgspec's integers are 64-bit) and would only cost time to read.
+MAX_NUMBER_DIGITS = 100
+_UNREADABLE: Any = object()
+
+
+def _tag_message(tag: str) -> str:
+    shown = tag.replace("tag:yaml.org,2002:", "!!")
+    shown = shown if len(shown) <= 40 else shown[:40] + "..."
+    return (
+        f"the YAML tag {shown!r} is not allowed in a policy file; remove it and write "
+        "the value as plain text, a number, true/false, a list or a mapping"
+    )
+
+
+def _construct_scalar(
+    node: ScalarNode, problems: list[Problem], constructor: SafeConstructor
+) -> Any:
+    """The value of one scalar, or :data:`_UNREADABLE` with a problem at its position.
+
+    PyYAML raises for what a tag promises but the text does not hold (``!!int abc``,
+    ``!!float abc``), for tags it does not know (``!foo``), and Python for
+    integers longer than it will convert: all of them are mistakes in the file, at
+    this node, never a reason for the reader to fail.
+    """
+    line, col = _pos(node)
+    if node.tag not in _SCALAR_TAGS:
+        problems.append(Problem("yaml.tag", _tag_message(node.tag), line, col))
+        return _UNREADABLE
+    if node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        digits = sum(c.isdigit() for c in node.value)
+        if digits > MAX_NUMBER_DIGITS:
+            problems.append(
+                Problem(
+                    "yaml.number",
+                    f"this number has {digits} digits; a policy number has at most "
+                    f"{MAX_NUMBER_DIGITS}",
+                    line,
+                    col,
+                )
+            )
+            return _UNREADABLE
+    try:
+        return constructor.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        reason = getattr(exc, "problem", None) or str(exc)
+        shown = node.tag.replace("tag:yaml.org,2002:", "!!")
+        problems.append(
+            Problem(
+                "yaml.value",
+                f"this value cannot be read as {shown}: {str(reason)[:120]}; "
+                "remove the tag or correct the value",
+                line,
+                col,
+            )
+        )
+        return _UNREADABLE
 
 
 #: Deeper than any policy needs; PyYAML's composer recurses once per level.
@@ -192,10 +262,20 @@ def _convert(
         if node.tag == _TIMESTAMP:
             # A date is kept as the text written; no field of ours is a date.
             return node.value
-        value = constructor.construct_object(node, deep=True)
+        if node.tag == _VALUE:
+            return node.value  # a lone ``=``, which PyYAML resolves but cannot build
+        value = _construct_scalar(node, problems, constructor)
+        if value is _UNREADABLE:
+            return None  # the problem is recorded; the rest of the file is still read
         if isinstance(value, datetime.date):
             return node.value
         return value
+    if node.tag not in _PLAIN_COLLECTION_TAGS:
+        # ``!!set``, ``!!omap``, ``!foo [..]``: the value would be read as something
+        # else than written, or not at all.
+        line, col = _pos(node)
+        problems.append(Problem("yaml.tag", _tag_message(node.tag), line, col))
+        return None
     active.add(id(node))
     try:
         if isinstance(node, SequenceNode):
@@ -245,7 +325,13 @@ def _convert_mapping(
                 )
             )
             continue
-        key = constructor.construct_object(key_node, deep=True)
+        key = (
+            key_node.value
+            if key_node.tag == _VALUE
+            else _construct_scalar(key_node, problems, constructor)
+        )
+        if key is _UNREADABLE:
+            continue
         if not isinstance(key, str):
             # Keys are names; ``yes:`` or ``10:`` become text, as written.
             key = key_node.value

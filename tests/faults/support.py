@@ -24,7 +24,7 @@ from gateway.audit.record import AuditRecord
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import VerifyResult, verify_export
 from gateway.settings import Limits, Settings
-from tests.support.gateway import SHIPPED_POLICY
+from tests.support.gateway import SHIPPED_POLICY, with_shipped_cases
 from tests.support.servers import serve_asgi
 
 CRM = {"key": "demo-crm-key"}
@@ -53,7 +53,7 @@ def roomy_policy_text() -> str:
 def roomy_policy(directory: Path) -> Path:
     path = directory / "policies.yaml"
     path.write_text(roomy_policy_text())
-    return path
+    return with_shipped_cases(path)
 
 
 # -- the audit store ----------------------------------------------------------------
@@ -227,7 +227,7 @@ def gateway_at(
     config = Settings(
         demo=True,
         data_dir=data_dir,
-        policies=policies,
+        policies=with_shipped_cases(policies),
         upstream_overrides={"klout": upstream_url},
         limits=limits or Limits(local_answer_delay=0.005),
         policy_reload_interval=0.1,

@@ -127,7 +127,7 @@ def test_corrupt_policy_under_load_keeps_the_last_good_one(tmp_path: Path) -> No
     loads = [r for r in log.records if r.kind == "policy.load"]
     loaded = {r.policy_version for r in loads if r.decision == "loaded"}
     assert loaded == {first["version"], second["version"]}
-    rejected = [r for r in loads if r.decision == "rejected"]
+    rejected = [r for r in loads if r.decision == "refused"]
     assert len(rejected) >= len(DAMAGE)
     assert {r.policy_version for r in rejected} == {first["version"]}  # the one kept
     assert all(r.detail for r in rejected)  # with the reason

@@ -11,7 +11,7 @@ from gateway.policies.model import LookupContext
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "policies.yaml"
-SHIPPED_CASES = ROOT / "tests" / "cases"
+SHIPPED_CASES = ROOT / "policy-tests"
 
 # Line numbers in the loader tests refer to this text: keep it as is.
 MINIMAL = """\

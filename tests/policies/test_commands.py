@@ -42,7 +42,7 @@ def test_check_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_test_runs_the_shipped_cases(capsys: pytest.CaptureFixture[str]) -> None:
-    """``policy test`` finds tests/cases next to the policy file and passes."""
+    """``policy test`` runs the cases the policy names (policy-tests/) and passes."""
     assert run(["policy", "test", str(SHIPPED)]) == 0
     out = capsys.readouterr().out
     assert " passed, 0 failed" in out

@@ -17,7 +17,7 @@ def shipped() -> CompiledPolicy:
 
 
 def test_shipped_cases_pass(shipped: CompiledPolicy) -> None:
-    """Every case in tests/cases passes against the shipped policy."""
+    """Every case in policy-tests/ passes against the shipped policy."""
     results = run_cases(shipped, SHIPPED_CASES)
     assert results
     failures = [r.render() for r in results if not r.passed]

@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.demo.upstream import DemoUpstreamConfig, create_demo_upstream
 from gateway.server import uvicorn_options
 from gateway.settings import Limits, Settings
-from tests.support.gateway import SHIPPED_POLICY, RunningGateway
+from tests.support.gateway import SHIPPED_POLICY, RunningGateway, with_shipped_cases
 from tests.support.servers import serve_asgi
 
 #: The uvicorn options production runs with (``gateway serve`` uses the same function),
@@ -56,7 +56,7 @@ def unthrottled_policy(directory: Path) -> Path:
     assert per_day, "policies.yaml no longer declares Klout daily limits this way"
     path = directory / "policies.yaml"
     path.write_text(text, encoding="utf-8")
-    return path
+    return with_shipped_cases(path)
 
 
 @contextlib.contextmanager
