@@ -13,7 +13,6 @@ import hmac
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder, PolicyLoad
 from gateway.proxy import Proxy
+from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
@@ -72,6 +72,7 @@ class GatewayState:
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
+        self.request_ids = RequestIds()  # the one source of request ids in this process
         self.admin_hashes: list[str] = []
 
     def missing(self) -> list[str]:
@@ -220,13 +221,15 @@ async def _start(
     state.store, state.audit, state.keyring, state.pseudonyms = store, audit, keyring, pseudonyms
 
     pending_loads: set[asyncio.Task[None]] = set()
+    request_ids = state.request_ids
 
     async def audit_load(load: PolicyLoad) -> None:
         record = AuditRecord(
             kind="policy.load",
             time=rfc3339(time.time()),
-            request_id=uuid.uuid4().hex,
+            request_id=request_ids.next_id(),
             decision="loaded" if load.ok else "refused",
+            status=None if load.ok else 422,
             policy_version=load.version,
             detail=load_detail(load)[:4000],
         )
@@ -258,7 +261,7 @@ async def _start(
         AuditRecord(
             kind="gateway.start",
             time=rfc3339(time.time()),
-            request_id=uuid.uuid4().hex,
+            request_id=request_ids.next_id(),
             policy_version=policy.current.version,
             detail=f"signing key {keyring.key_id}; gateway {__version__}",
         )
@@ -316,6 +319,7 @@ async def _start(
         limiter=limiter,
         session=session,
         pseudonyms=pseudonyms,
+        request_ids=state.request_ids,
         client_keys=client_keys,
         id_key=id_key,
         metrics=state.metrics,
@@ -381,7 +385,7 @@ def _problem_response(request: Request[Any, Any, Any], exc: GatewayError) -> Res
     request_id = request.scope.get("state", {}).get("request_id")
     made_here = not isinstance(request_id, str)
     if made_here:  # a route outside the middleware: this answer still gets an id
-        request_id = uuid.uuid4().hex
+        request_id = request.app.state["gateway"].request_ids.next_id()
     status, headers, body = render_problem(exc, request_id)
     skip = _FRAMEWORK_HEADERS - ({b"x-request-id"} if made_here else set())
     return Response(

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from gateway.audit.record import AuditRecord, decode_record
+from gateway.audit.record import AnyRecord, decode_record
 from tests.strategies import hostile_policy_texts
 from tests.support.gateway import (
     SHIPPED_POLICY,
@@ -159,7 +159,7 @@ def test_a_change_whose_cases_fail_is_shown_and_audited(tmp_path: Path) -> None:
         assert "the support desk sees the band only" in record.detail
 
 
-def _refused_records(gw: RunningGateway) -> list[AuditRecord]:
+def _refused_records(gw: RunningGateway) -> list[AnyRecord]:
     store = gw.state.store
     assert store is not None
     records = [decode_record(r.body) for r in store.iter_records(0, store.count_records())]
