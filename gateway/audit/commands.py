@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     subject.add_argument(
         "--policies",
         type=Path,
-        default=Path("policies.yaml"),
+        default=None,  # filled in from the settings: GATEWAY_POLICIES, else ./policies.yaml
         help="the policy file naming the upstream (default ./policies.yaml)",
     )
     subject.add_argument(

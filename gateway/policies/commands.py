@@ -38,13 +38,31 @@ from gateway.policies.testing import (
     uncovered,
 )
 
-__all__ = ["explain_text", "register"]
+__all__ = ["SHIPPED_POLICY", "explain_text", "register"]
+
+#: The policy shipped in the package, beside the cases it names (policy-tests/).
+SHIPPED_POLICY = Path(__file__).resolve().parent.parent / "demo" / "policies.yaml"
 
 
 def _default_policy_file() -> str:
     from gateway.settings import resolve
 
     return str(resolve().policies)
+
+
+def _shipped_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shipped",
+        action="store_true",
+        help="use the policy shipped inside the package (with its test cases), "
+        "e.g. to check an installation",
+    )
+
+
+def _policy_file(args: argparse.Namespace) -> str:
+    if getattr(args, "shipped", False):
+        return str(SHIPPED_POLICY)
+    return str(args.file or _default_policy_file())
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     check = sub.add_parser("check", help="list every mistake in the policy file")
     check.add_argument("file", nargs="?", default=None, help="policy file")
+    _shipped_flag(check)
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="run the YAML policy test cases")
@@ -71,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="directory of case files (default: those the policy names in settings.tests)",
     )
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    _shipped_flag(test)
     test.set_defaults(func=cmd_test)
 
     explain = sub.add_parser("explain", help="show how one lookup would be decided, and why")
@@ -117,7 +137,7 @@ def _print_problems(exc: PolicyError, file: str, err: TextIO) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    file = args.file or _default_policy_file()
+    file = _policy_file(args)
     try:
         admitted = admit_policy(read_policy_bytes(file), file)
     except PolicyError as exc:
@@ -134,7 +154,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    file = args.file or _default_policy_file()
+    file = _policy_file(args)
     try:
         source = read_policy(file)
         policy = compile_policy(source)
