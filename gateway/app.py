@@ -242,6 +242,8 @@ async def _start(
         state.metrics.policy_reloads.labels("ok" if load.ok else "error").inc()
         if load.ok:
             log.info("policy %s in force: %s", load.version, load_detail(load))
+        elif load.version is None:
+            log.error("the policy cannot go live: %s", "; ".join(load.errors))
         else:
             log.warning(
                 "policy change refused; %s stays in force: %s",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
 from collections.abc import Callable
 from http import HTTPStatus
@@ -207,6 +208,15 @@ def serve(settings: Settings, settings_env: str, encode_path: Callable[[object],
     from uvicorn.supervisors import Multiprocess
 
     sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    logging.getLogger("gateway").info(
+        "listening on http://%s:%d (%d worker%s); /readyz says when lookups can be answered",
+        shown,
+        port,
+        settings.workers,
+        "s" if settings.workers != 1 else "",
+    )
     options: dict[str, Any] = {"host": settings.host, "port": settings.port}
     options.update(uvicorn_options(log_level=settings.log_level))
     try:
