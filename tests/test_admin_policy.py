@@ -3,6 +3,7 @@ are shown and audited, request ids come only from the gateway."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -128,10 +129,14 @@ def _wait(predicate: object, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_change_whose_cases_fail_is_shown_and_audited(tmp_path: Path) -> None:
+def test_a_change_whose_cases_fail_is_shown_and_audited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Deleting coarsen-support-desk while its cases expect it keeps the last good
     policy; /admin/policy shows the failing cases with RFC 3339 times, and the refusal
-    is an audit record. The support desk still gets the band only."""
+    is an audit record. The support desk still gets the band only. A later save with
+    a YAML tag is refused and recorded too, and a good save is logged and recorded."""
+    caplog.set_level(logging.INFO, logger="gateway")
     policy = copy_shipped_policy(tmp_path)
     with (
         running_gateway(tmp_path / "var", policies=policy) as gw,
@@ -155,12 +160,46 @@ def test_a_change_whose_cases_fail_is_shown_and_audited(tmp_path: Path) -> None:
         _wait(lambda: _refused_records(gw))
         (record,) = _refused_records(gw)
         assert record.policy_version == before["version"]
+        assert record.status == 422
         assert record.detail is not None
         assert "the support desk sees the band only" in record.detail
 
+        broken = SHIPPED_POLICY.read_text() + "zzz: !!int abc\n"
+        policy.write_text(broken)
+        _wait(lambda: len(_refused_records(gw)) == 2)
+        tagged = _refused_records(gw)[1]
+        assert tagged.detail is not None
+        assert f"{policy}:{broken.count(chr(10))}:6: this value cannot be read as !!int" in (
+            tagged.detail
+        )
+        status = c.get("/admin/policy", headers=ADMIN).json()
+        assert status["failing_cases"] is None
+        assert status["pending_error"][-1].startswith(f"{policy}:")
 
-def _refused_records(gw: RunningGateway) -> list[AnyRecord]:
+        changed = SHIPPED_POLICY.read_text().replace(
+            "description: Sales CRM", "description: The sales CRM"
+        )
+        policy.write_text(changed)
+        _wait(lambda: c.get("/admin/policy", headers=ADMIN).json()["pending_error"] is None)
+        _wait(lambda: len(_loaded_records(gw)) == 2)
+        loaded = _loaded_records(gw)[1]
+        assert loaded.detail is not None
+        assert "changes: clients changed: crm" in loaded.detail
+        assert "20 test cases pass" in loaded.detail
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway"]
+    assert any("in force" in m and "clients changed: crm" in m for m in logged), logged
+
+
+def _policy_loads(gw: RunningGateway) -> list[AnyRecord]:
     store = gw.state.store
     assert store is not None
     records = [decode_record(r.body) for r in store.iter_records(0, store.count_records())]
-    return [r for r in records if r.kind == "policy.load" and r.decision == "refused"]
+    return [r for r in records if r.kind == "policy.load"]
+
+
+def _refused_records(gw: RunningGateway) -> list[AnyRecord]:
+    return [r for r in _policy_loads(gw) if r.decision == "refused"]
+
+
+def _loaded_records(gw: RunningGateway) -> list[AnyRecord]:
+    return [r for r in _policy_loads(gw) if r.decision == "loaded"]

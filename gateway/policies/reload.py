@@ -327,6 +327,8 @@ class PolicyHolder:
         except asyncio.CancelledError:
             if not task.cancelled():  # pragma: no cover - we were cancelled ourselves
                 raise
+        except Exception as exc:  # noqa: BLE001 - never fail the app's shutdown
+            log.error("the policy watcher had stopped: %s", type(exc).__name__)
 
     # -- status -------------------------------------------------------------------------
 
