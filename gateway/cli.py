@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -57,6 +60,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--workers", type=int, help=f"worker processes (default {_DEFAULTS.workers})")
     p.add_argument(
+        "--audit-sequencer",
+        choices=("auto", "thread", "process"),
+        help="commit audit records in a writer thread of each worker, or in one sequencer "
+        "process for all of them (auto, the default: a process when --workers > 1; "
+        "$GATEWAY_AUDIT_SEQUENCER)",
+    )
+    p.add_argument(
         "--otlp-endpoint",
         help="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces",
     )
@@ -101,13 +111,113 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.telemetry import configure_logging
 
     configure_logging(settings.log_level)
-    from gateway.server import BindError, StartError, serve
+    from gateway.server import BindError, StartError, bind, serve
 
     try:
-        serve(settings, SETTINGS_ENV, _encode_path)
+        # The port first: a taken port is said before anything else starts.
+        sock = bind(settings.host, settings.port)
+        with _audit_sequencer(settings) as settings:
+            serve(settings, sock, SETTINGS_ENV, _encode_path)
     except (BindError, StartError) as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+@contextlib.contextmanager
+def _audit_sequencer(settings: Settings) -> Iterator[Settings]:
+    """Run the audit sequencer process for the workers, when settings ask for one.
+
+    It is started before the workers and stopped after them, so that every record
+    a worker sends has a writer; workers fail closed while it is away.
+    """
+    mode = settings.audit_sequencer
+    if mode == "thread" or (mode == "auto" and settings.workers <= 1):
+        yield settings
+        return
+    from gateway.audit.sequencer import socket_path
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    socket = socket_path(settings.data_dir)
+    command = [sys.executable, "-m", "gateway", "sequencer", "--data-dir", str(settings.data_dir)]
+    if settings.database_url:
+        command += ["--database-url", settings.database_url]
+    command += ["--socket", str(socket), "--log-level", settings.log_level]
+    supervisor = _SequencerSupervisor(command)
+    supervisor.start()
+    try:
+        yield msgspec.structs.replace(settings, sequencer_socket=socket)
+    finally:
+        supervisor.stop()
+
+
+class _SequencerSupervisor(threading.Thread):
+    """Keeps one sequencer process running while the workers serve.
+
+    If it dies (a crash, an OOM kill), workers fail closed (503, no score) until a
+    new one listens; it is restarted after a short pause, and recovers the log
+    and closes the lookups left open before it takes records again.
+    """
+
+    def __init__(self, command: list[str]) -> None:
+        super().__init__(name="sequencer-supervisor", daemon=True)
+        self._command = command
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # Its own session: a signal to the gateway's process group (Ctrl-C, killpg)
+        # reaches the workers first; the sequencer is stopped after they are done.
+        # It exits by itself if this process dies (--parent-pid).
+        return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            [*self._command, "--parent-pid", str(os.getpid())], start_new_session=True
+        )
+
+    def run(self) -> None:
+        import logging
+
+        log = logging.getLogger("gateway")
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                code = self._process.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                log.error("the audit sequencer exited (%s); restarting it", code)
+                self._process = self._spawn()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _sequencer_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "sequencer",
+        help="run the audit sequencer alone (serve starts it for its workers)",
+    )
+    _data_dir_flag(p)
+    p.add_argument("--database-url", help="PostgreSQL URL of a shared audit store")
+    p.add_argument("--socket", type=Path, help="unix socket path (default: in the data dir)")
+    p.add_argument("--log-level", help=f"default {_DEFAULTS.log_level}")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.set_defaults(func=cmd_sequencer)
+
+
+def cmd_sequencer(args: argparse.Namespace) -> int:
+    from gateway.audit.sequencer import run_sequencer, socket_path
+    from gateway.telemetry import configure_logging
+
+    configure_logging(args.log_level)
+    socket = args.socket or socket_path(args.data_dir)
+    asyncio.run(run_sequencer(args.data_dir, args.database_url, socket, parent_pid=args.parent_pid))
     return 0
 
 
@@ -290,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _demo_upstream_parser(sub)
+    _sequencer_parser(sub)
     _clients_parser(sub)
     _objections_parser(sub)
     _admin_token_parser(sub)
@@ -303,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Flags that are settings: a command that has one and was not given it gets the
 #: resolved value (GATEWAY_*, else the default), so every command agrees.
-SETTING_FLAGS = ("data_dir", "policies", "database_url", "redis_url")
+SETTING_FLAGS = ("data_dir", "policies", "database_url", "redis_url", "log_level")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -198,16 +198,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, settings_env: str, encode_path: Callable[[object], str]) -> None:
-    """Bind, then run uvicorn on the bound socket: one process, or ``workers`` processes
-    that each build the app from the settings handed to them in ``settings_env``."""
+def serve(
+    settings: Settings,
+    sock: socket.socket,
+    settings_env: str,
+    encode_path: Callable[[object], str],
+) -> None:
+    """Run uvicorn on ``sock`` (from :func:`bind`; closed on return): one process, or
+    ``workers`` processes that each build the app from the settings handed to them in
+    ``settings_env``."""
     import os
 
     import msgspec
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     logging.getLogger("gateway").info(

@@ -51,6 +51,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Port of the bundled simulator in demo mode (0: pick a free one).
     demo_upstream_port: int = 0
     workers: int = 1
+    # Who commits audit records: "thread" (a writer thread in this process),
+    # "process" (one sequencer process for every worker), or "auto" (process when
+    # workers > 1). gateway/audit/sequencer.py says why.
+    audit_sequencer: str = "auto"
+    # Set by `serve` for its workers: the socket of the running sequencer.
+    sequencer_socket: Path | None = None
     otlp_endpoint: str | None = None
     log_level: str = "info"
     policy_reload_interval: float = 1.0
@@ -86,6 +92,12 @@ def _boolean(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _sequencer_mode(text: str) -> str:
+    if text not in ("auto", "thread", "process"):
+        raise ValueError("expected auto, thread or process")
+    return text
+
+
 #: ``GATEWAY_<NAME>`` -> (settings field, how to read the text).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "DEMO": ("demo", _boolean),
@@ -98,6 +110,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "OTLP_ENDPOINT": ("otlp_endpoint", str),
     "LOG_LEVEL": ("log_level", str),
     "WORKERS": ("workers", int),
+    "AUDIT_SEQUENCER": ("audit_sequencer", _sequencer_mode),
     "CACHE_ENTRIES": ("cache_entries", int),
     "CACHE_MAX_AGE": ("cache_max_age", float),
     "DEMO_UPSTREAM_PORT": ("demo_upstream_port", int),
