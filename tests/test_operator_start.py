@@ -170,6 +170,9 @@ def test_settings_come_from_flags_then_environment_then_defaults() -> None:
         pytest.param({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT='eighty'", id="port-not-a-number"),
         pytest.param({"GATEWAY_DEMO": "maybe"}, "GATEWAY_DEMO='maybe'", id="demo-not-a-boolean"),
         pytest.param({"GATEWAY_UPSTREAMS": "klout"}, "GATEWAY_UPSTREAMS", id="override-no-url"),
+        pytest.param(
+            {"GATEWAY_AUDIT_SEQUENCER": "both"}, "GATEWAY_AUDIT_SEQUENCER", id="sequencer-mode"
+        ),
     ],
 )
 def test_a_bad_variable_is_named(env: dict[str, str], message: str) -> None:
