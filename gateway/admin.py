@@ -1,7 +1,9 @@
 """``/admin`` (admin credentials), ``/healthz``, ``/readyz`` and ``/metrics``.
 
 Admin tokens are separate from client keys: a client key never opens these
-routes, and an admin token never looks up a score.
+routes, and an admin token never looks up a score. Each route names the role it
+needs and the act it is on the record as (:func:`admin_act`); :func:`admin_guard`
+refuses a token of another role with 403 ``admin.forbidden_role``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.audit.export import export_csv, iter_export_chunks
 from gateway.audit.store import AuditStore
 from gateway.audit.subject import SubjectEntry, subject_records
+from gateway.clients import AdminToken, Role, role_allows
 from gateway.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -62,7 +65,10 @@ def _problem(description: str) -> ResponseSpec:
 ADMIN_ERRORS = {
     400: _problem("A parameter or the body is not valid (request.invalid, request.invalid_json)"),
     401: _problem("No admin token, or not a valid one (admin.unauthenticated)"),
-    403: _problem("A client key was sent: client keys never open admin routes (admin.forbidden)"),
+    403: _problem(
+        "A client key was sent (admin.forbidden), or the token's role does not allow this "
+        "act (admin.forbidden_role)"
+    ),
 }
 
 RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
@@ -114,7 +120,15 @@ def gateway_state(connection: ASGIConnection[Any, Any, Any, Any]) -> GatewayStat
     return state
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def admin_act(act: str, role: Role | None) -> dict[str, Any]:
+    """Route options naming the act (audit kind ``admin.<act>``) and the role it needs
+    (``None``: any admin role). Use as ``@get(..., opt=admin_act("report", "auditor"))``."""
+    return {"admin_act": act, "admin_role": role}
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Who is asking, and may they? The token found is kept for the handler's audit
+    record (:func:`admin_of`); a route without :func:`admin_act` options needs operator."""
     authorization = connection.headers.get("authorization")
     if not authorization:
         raise Unauthenticated("admin credentials are required", code="admin.unauthenticated")
@@ -122,7 +136,8 @@ def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("admin credentials are a Bearer token", code="admin.unauthenticated")
     state = gateway_state(connection)
-    if not state.admin_ok(token.strip()):
+    admin = state.admin_tokens.identify(token.strip()) if state.admin_tokens is not None else None
+    if admin is None:
         runtime = state.runtime
         if (
             runtime is not None
@@ -130,6 +145,20 @@ def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
         ):
             raise Forbidden("client keys do not open admin endpoints", code="admin.forbidden")
         raise Unauthenticated("the admin token is not valid", code="admin.unauthenticated")
+    connection.scope.setdefault("state", {})["admin"] = admin
+    needed: Role | None = handler.opt.get("admin_role", "operator")
+    if not role_allows(admin.role, needed):
+        raise Forbidden(
+            f"this needs an admin token of role {needed!r} (or 'operator'); "
+            f"token {admin.id} has role {admin.role!r}",
+            code="admin.forbidden_role",
+        )
+
+
+def admin_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AdminToken:
+    """The admin token :func:`admin_guard` accepted for this request."""
+    admin: AdminToken = connection.scope["state"]["admin"]
+    return admin
 
 
 class Health(msgspec.Struct):
@@ -178,6 +207,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
     summary="Prometheus metrics",
     tags=["health"],
     guards=[admin_guard],
+    opt=admin_act("metrics", "operator"),
     security=SECURITY,
     middleware=[request_id_middleware],
     media_type="text/plain; version=0.0.4",
@@ -311,7 +341,13 @@ class Explanation(msgspec.Struct, kw_only=True):
     coarsen: bool = False
 
 
-@get("/policy", summary="The active policy", operation_id="getPolicy", responses=ADMIN_ERRORS)
+@get(
+    "/policy",
+    summary="The active policy",
+    operation_id="getPolicy",
+    responses=ADMIN_ERRORS,
+    opt=admin_act("policy_view", None),
+)
 async def get_policy(request: Request[Any, Any, Any]) -> PolicyStatus:
     """The active policy's version, file, load time and any refused change."""
     holder = gateway_state(request).policy
@@ -325,6 +361,7 @@ async def get_policy(request: Request[Any, Any, Any]) -> PolicyStatus:
     summary="Check a policy file without loading it",
     operation_id="validatePolicy",
     responses=ADMIN_ERRORS,
+    opt=admin_act("validate", "policy"),
     status_code=200,
     request_max_body_size=1024 * 1024,
 )
@@ -356,6 +393,7 @@ async def validate_policy(body: RawBody) -> Validation:
     "/policy/explain",
     summary="Explain a decision",
     operation_id="explainPolicy",
+    opt=admin_act("explain", "policy"),
     status_code=200,
     request_max_body_size=64 * 1024,
     operation_class=ExplainOperation,
@@ -417,6 +455,7 @@ class PublicKeys(msgspec.Struct):
     summary="Public keys that verify audit exports",
     operation_id="auditPublicKeys",
     responses=ADMIN_ERRORS,
+    opt=admin_act("public_key", None),
 )
 async def audit_public_key(request: Request[Any, Any, Any]) -> PublicKeys:
     """Every Ed25519 public key of this log (PEM), including rotated ones; pin them
@@ -432,6 +471,7 @@ async def audit_public_key(request: Request[Any, Any, Any]) -> PublicKeys:
     summary="Export the audit log",
     operation_id="auditExport",
     responses=ADMIN_ERRORS,
+    opt=admin_act("export", "auditor"),
     media_type="application/x-ndjson",
 )
 async def audit_export(
@@ -480,6 +520,7 @@ class SubjectAccess(msgspec.Struct):
     "/audit/subject",
     summary="Every record about one person",
     operation_id="auditSubject",
+    opt=admin_act("subject_access", "auditor"),
     responses={
         **ADMIN_ERRORS,
         404: _problem("No such upstream in the active policy (upstream.unknown)"),

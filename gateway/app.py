@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import uuid
@@ -37,11 +36,14 @@ from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.cache import AnswerCache
 from gateway.clients import (
+    DEMO_ADMIN_ID,
     DEMO_ADMIN_TOKEN,
     DEMO_CLIENT_KEYS,
+    AdminToken,
+    AdminTokens,
     ClientKeys,
     key_hash,
-    load_admin_hashes,
+    legacy_admin_token,
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -69,14 +71,7 @@ class GatewayState:
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
-        self.admin_hashes: list[str] = []
-
-    def admin_ok(self, token: str) -> bool:
-        digest = key_hash(token)
-        ok = False
-        for known in self.admin_hashes:
-            ok |= hmac.compare_digest(known, digest)
-        return ok
+        self.admin_tokens: AdminTokens | None = None
 
 
 def policy_path(settings: Settings) -> Path:
@@ -198,14 +193,19 @@ async def _start(
     stack.push_async_callback(policy.stop)
     state.policy = policy
 
-    state.admin_hashes = [*load_admin_hashes(data_dir), *settings.admin_token_hashes]
+    # Tokens issued with `gateway admin-token` are re-read while running; these are fixed.
+    fixed_admins = [legacy_admin_token(digest) for digest in settings.admin_token_hashes]
+    if settings.demo:
+        fixed_admins.append(
+            AdminToken(id=DEMO_ADMIN_ID, role="operator", key_hash=key_hash(DEMO_ADMIN_TOKEN))
+        )
+    state.admin_tokens = AdminTokens(data_dir, fixed=fixed_admins)
 
     demo_credentials: dict[str, str] = {}
     overrides = dict(settings.upstream_overrides)
     if settings.demo:
         from gateway.demo.upstream import DEMO_UPSTREAM_KEY
 
-        state.admin_hashes.append(key_hash(DEMO_ADMIN_TOKEN))
         if "klout" not in overrides:
             url = await _start_demo_upstream(stack, settings.demo_upstream_port)
             overrides["klout"] = url
@@ -299,7 +299,8 @@ async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> s
 
 
 def _problem_response(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    request_id = request.headers.get("x-request-id-internal")
+    # The id the gateway gave this request (admin middleware); never a caller's header.
+    request_id = request.scope.get("state", {}).get("request_id")
     return Response(
         content=problem_body(exc, request_id),
         status_code=exc.status,

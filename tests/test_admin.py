@@ -125,3 +125,20 @@ def test_subject_access_lists_every_lookup_about_one_person(client: httpx.Client
     assert len(finals) == 2
     assert {rec["client"] for rec in finals} == {"crm"}
     assert b"alice" not in r.content.lower().replace(b'"subject":', b"")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("X-Request-Id-Internal", id="internal-header"),
+        pytest.param("X-Request-Id", id="public-header"),
+    ],
+)
+def test_admin_errors_carry_the_gateways_request_id_not_a_callers(
+    client: httpx.Client, header: str
+) -> None:
+    r = client.get("/admin/policy", headers={header: "forged-0000"})
+    assert r.status_code == 401
+    assert "forged" not in r.text
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+    assert "forged" not in r.headers["x-request-id"]
