@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,6 +172,32 @@ class Readiness(msgspec.Struct):
     audit: bool
     keys: bool
     policy_version: str | None = None
+    disk: bool = True
+    reasons: list[str] = []
+
+
+def disk_space_ok(state: GatewayState) -> tuple[bool, str | None]:
+    """Whether the data directory keeps ``min_free_disk`` free; updates the metrics.
+
+    A full disk makes the audit store refuse records and the gateway fail closed for
+    everyone; this says so while there is still room to act.
+    """
+    settings = state.settings
+    try:
+        free = shutil.disk_usage(settings.data_dir).free
+    except OSError as exc:
+        state.metrics.data_dir_low_space.set(1)
+        return False, f"cannot read the free space of the data directory: {exc.strerror}"
+    state.metrics.data_dir_free_bytes.set(free)
+    minimum = settings.limits.min_free_disk
+    low = free < minimum
+    state.metrics.data_dir_low_space.set(1 if low else 0)
+    if low:
+        return False, (
+            f"the data directory's filesystem has {free // 2**20} MiB free, under the "
+            f"watermark of {minimum // 2**20} MiB (min_free_disk)"
+        )
+    return True, None
 
 
 @get("/healthz", summary="Liveness", tags=["health"], middleware=[request_id_middleware])
@@ -186,18 +213,22 @@ async def healthz() -> Health:
     middleware=[request_id_middleware],
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
-    """Ready when the policy is loaded, the signing keys are usable and the audit
-    store takes records; 503 otherwise (the proxy would fail closed anyway)."""
+    """Ready when the policy is loaded, the signing keys are usable, the audit store
+    takes records and its disk keeps ``min_free_disk`` free; 503 otherwise, with the
+    reasons (the proxy would fail closed anyway, or soon will)."""
     state = gateway_state(request)
     policy_ok = state.policy is not None and state.policy.current is not None
     audit_ok = state.audit is not None and state.audit.healthy()
     keys_ok = state.keyring is not None
+    disk_ok, disk_reason = disk_space_ok(state)
     body = Readiness(
-        ready=policy_ok and audit_ok and keys_ok,
+        ready=policy_ok and audit_ok and keys_ok and disk_ok,
         policy=policy_ok,
         audit=audit_ok,
         keys=keys_ok,
         policy_version=state.policy.current.version if state.policy is not None else None,
+        disk=disk_ok,
+        reasons=[disk_reason] if disk_reason else [],
     )
     return Response(body, status_code=200 if body.ready else 503)
 
@@ -217,6 +248,7 @@ async def metrics(request: Request[Any, Any, Any]) -> bytes:
     """Lookups by decision, rule, purpose and upstream; upstream and audit latency;
     audit queue depth; policy reloads. No subject identifiers."""
     state = gateway_state(request)
+    disk_space_ok(state)
     if state.audit is not None:
         stats = state.audit.stats
         state.metrics.audit_queue_depth.set(stats.queue_depth)

@@ -25,7 +25,6 @@ Guarantees this module keeps, and where:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import random
 import re
@@ -185,10 +184,12 @@ class Proxy:
             if not isinstance(error, AuditUnavailable):
                 # Every lookup attempt is audited, refused ones too (unknown key,
                 # bad path): each X-Request-Id a caller holds has its record. The
-                # error is already the answer; a failed commit here changes nothing
-                # the caller sees (no score is in it).
-                with contextlib.suppress(AuditUnavailable):
+                # error is already the answer and holds no score, so a store that
+                # cannot take the record now gets it from the backlog later.
+                try:
                     await self._audit("lookup", request_id, lookup, started)
+                except AuditUnavailable:
+                    rt.backlog.add(self._record("lookup", request_id, lookup, started))
             rt.metrics.lookup(lookup, time.perf_counter() - started)
             await _respond(send, error.status, headers, body)
             return

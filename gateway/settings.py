@@ -32,6 +32,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     upstream_connections: int = 100
     # How long a lookup waits for a free upstream connection before 503 upstream.busy.
     pool_timeout: float = 0.25
+    # Free space the data directory's filesystem must keep: below it /readyz says 503
+    # and gateway_data_dir_low_space is 1, long before a full disk fails every lookup.
+    min_free_disk: int = 1024**3
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
