@@ -9,16 +9,20 @@ refuses a token of another role with 403 ``admin.forbidden_role``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
 import shutil
-import uuid
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Request, Response, Router, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
@@ -28,11 +32,13 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit.export import export_csv, iter_export_chunks
+from gateway.audit.record import AuditRecord, PersonRef, rfc3339
 from gateway.audit.store import AuditStore
 from gateway.audit.subject import SubjectEntry, subject_records
 from gateway.clients import AdminToken, Role, role_allows
 from gateway.errors import (
     PROBLEM_CONTENT_TYPE,
+    AuditUnavailable,
     BadRequest,
     Forbidden,
     GatewayError,
@@ -84,7 +90,9 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        # Only the gateway makes request ids (decision 0001 §2); a caller's
+        # X-Request-Id* headers are never read.
+        request_id = scope["litestar_app"].state["gateway"].request_ids.next_id()
         scope.setdefault("state", {})["request_id"] = request_id
         try:
             InboundHeaders(scope["headers"]).check_host(scope.get("http_version", "1.1"))
@@ -127,9 +135,42 @@ def admin_act(act: str, role: Role | None) -> dict[str, Any]:
     return {"admin_act": act, "admin_role": role}
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def admin_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """Who is asking, and may they? The token found is kept for the handler's audit
-    record (:func:`admin_of`); a route without :func:`admin_act` options needs operator."""
+    record (:func:`admin_of`); a route without :func:`admin_act` options needs operator.
+
+    A refused role is on the record (``admin.<act>``, status 403) under the token's
+    id; a request without a valid token is a stranger's, counted in the refusal
+    aggregates like a lookup with a wrong key."""
+    try:
+        _check_admin(connection, handler)
+    except GatewayError as error:
+        state = gateway_state(connection)
+        admin = connection.scope.get("state", {}).get("admin")
+        if admin is not None:
+            with contextlib.suppress(GatewayError):
+                await record_admin_act(
+                    state,
+                    handler.opt.get("admin_act", "unknown"),
+                    admin,
+                    request_id=request_id_of(connection),
+                    status=error.status,
+                    detail=error.code,
+                )
+        elif state.refusals is not None:
+            client = connection.scope.get("client")
+            state.refusals.record(
+                str(client[0]) if client else "-",
+                request_id_of(connection),
+                error.code,
+                error.status,
+            )
+        raise
+
+
+def _check_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     authorization = connection.headers.get("authorization")
     if not authorization:
         raise Unauthenticated("admin credentials are required", code="admin.unauthenticated")
@@ -160,6 +201,69 @@ def admin_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AdminToken:
     """The admin token :func:`admin_guard` accepted for this request."""
     admin: AdminToken = connection.scope["state"]["admin"]
     return admin
+
+
+def request_id_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The id the gateway gave this request (:func:`request_id_middleware`)."""
+    request_id: str = connection.scope["state"]["request_id"]
+    return request_id
+
+
+async def audit_admin_act(
+    request: ASGIConnection[Any, Any, Any, Any],
+    *,
+    status: int = 200,
+    people: Sequence[PersonRef] = (),
+    detail: str | None = None,
+) -> None:
+    """Put this request's admin act on the record, before its answer leaves.
+
+    The act is the route's (:func:`admin_act`), the actor the token's id and role
+    (never the token), the request id the gateway's. Fails closed: if the store
+    cannot take the record, the act is refused with 503 ``audit.unavailable``,
+    as a lookup would be. ``people`` are commitments only (``PersonCommitter.refs``);
+    ``detail`` must hold nothing personal.
+    """
+    await record_admin_act(
+        gateway_state(request),
+        request.route_handler.opt["admin_act"],
+        admin_of(request),
+        request_id=request_id_of(request),
+        status=status,
+        people=people,
+        detail=detail,
+    )
+
+
+async def record_admin_act(
+    state: GatewayState,
+    act: str,
+    admin: AdminToken,
+    *,
+    request_id: str,
+    status: int,
+    people: Sequence[PersonRef] = (),
+    detail: str | None = None,
+) -> None:
+    """Append an ``admin.<act>`` record (decision 0001 §6); raises ``AuditUnavailable``."""
+    if state.audit is None:
+        raise _unavailable("the audit log")
+    record = AuditRecord(
+        kind=f"admin.{act}",
+        time=rfc3339(time.time()),
+        request_id=request_id,
+        actor=admin.id,
+        role=admin.role,
+        status=status,
+        people=list(people),
+        detail=detail,
+    )
+    try:
+        await state.audit.append(record)
+    except GatewayError:
+        raise
+    except Exception as exc:  # any store failure must fail closed
+        raise AuditUnavailable("the audit log cannot take records; admin acts wait") from exc
 
 
 class Health(msgspec.Struct):
@@ -363,6 +467,8 @@ class ExplainedRule(msgspec.Struct):
 
 
 class Explanation(msgspec.Struct, kw_only=True):
+    client: str
+    upstream: str
     decision: str
     policy_version: str
     route: str
@@ -397,8 +503,20 @@ async def get_policy(request: Request[Any, Any, Any]) -> PolicyStatus:
     status_code=200,
     request_max_body_size=1024 * 1024,
 )
-async def validate_policy(body: RawBody) -> Validation:
+async def validate_policy(request: Request[Any, Any, Any], body: RawBody) -> Validation:
     """Send the YAML text of a policy file; get every problem with its line and column."""
+    result = _validate(body)
+    detail = (
+        f"valid, version {result.version}"
+        if result.valid
+        else f"invalid, {len(result.problems)} problem(s): "
+        + ", ".join(sorted({p.code for p in result.problems}))[:500]
+    )
+    await audit_admin_act(request, detail=detail)
+    return result
+
+
+def _validate(body: bytes) -> Validation:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -437,6 +555,21 @@ async def validate_policy(body: RawBody) -> Validation:
 )
 async def explain_policy(request: Request[Any, Any, Any], body: RawBody) -> Explanation:
     """Decide a described lookup under the active policy and list every rule that matched."""
+    try:
+        explanation = _explain(request, body)
+    except GatewayError as error:
+        await audit_admin_act(request, status=error.status, detail=error.code)
+        raise
+    # Names from the policy only: client, upstream, route template and the decision.
+    await audit_admin_act(
+        request,
+        detail=f"{explanation.client} at {explanation.upstream} {explanation.route} "
+        f"for {explanation.purpose}: {explanation.decision}",
+    )
+    return explanation
+
+
+def _explain(request: Request[Any, Any, Any], body: bytes) -> Explanation:
     data = decode_strict_json(body, ExplainRequest)
     holder = gateway_state(request).policy
     if holder is None:
@@ -464,6 +597,8 @@ async def explain_policy(request: Request[Any, Any, Any], body: RawBody) -> Expl
     )
     decision = evaluate(context, policy)
     return Explanation(
+        client=client.id,
+        upstream=data.upstream,
         decision=decision_kind(decision),
         policy_version=decision.policy_version,
         route=route,
@@ -519,22 +654,111 @@ async def audit_export(
     """A signed JSONL export (records, checkpoints, and a final seal line; verify it with
     ``gateway audit verify``), or CSV for spreadsheets (not verifiable). Streams in
     constant memory."""
-    _only_query(request, {"since", "until", "format"})
-    state = gateway_state(request)
-    if state.store is None or state.keyring is None:
-        raise _unavailable("the audit store")
+    try:
+        _only_query(request, {"since", "until", "format"})
+        state = gateway_state(request)
+        if state.store is None or state.keyring is None:
+            raise _unavailable("the audit store")
+        state.exports.take()
+    except GatewayError as error:
+        await audit_admin_act(request, status=error.status, detail=error.code)
+        raise
+    try:
+        await audit_admin_act(request, detail=f"{format} since {since or '-'} until {until or '-'}")
+    except GatewayError:
+        state.exports.running -= 1
+        raise
     store, keyring = state.store, state.keyring
+    if state.refusals is not None:
+        await state.refusals.written()  # refusals answered so far are in this export
     if format == "csv":
+        export = ExportStream(_csv_chunks(store, since, until), state.exports)
         return Stream(
-            _csv_chunks(store, since, until),
+            export.chunks(),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+            background=BackgroundTask(export.finish),
         )
+    chunks = iter_export_chunks(store, keyring, since=since, until=until, chunk_size=64 * 1024)
+    export = ExportStream(chunks, state.exports)
     return Stream(
-        iter_export_chunks(store, keyring, since=since, until=until, chunk_size=64 * 1024),
+        export.chunks(),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="audit.jsonl"'},
+        background=BackgroundTask(export.finish),
     )
+
+
+class ExportSlots:
+    """At most ``limit`` exports stream at once; past it 503 ``export.busy``.
+
+    Each export holds a store cursor's chunk of rows and a thread while it streams;
+    bounding how many run bounds that memory, whatever readers do. The transport's
+    backpressure makes a slow reader slow its own export down, and the server's
+    write deadline (``Limits.write_timeout``) cuts off one that stops reading.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+
+    def take(self) -> None:
+        if self.running >= self.limit:
+            raise ServiceUnavailable(
+                f"{self.limit} exports are already streaming; retry when one is done",
+                code="export.busy",
+                headers={"Retry-After": "5"},
+            )
+        self.running += 1
+
+
+class ExportStream:
+    """One export: chunks made in a worker thread (store reads block), each sent
+    before the next is made, so the export advances only as fast as its reader takes
+    it. :meth:`finish` runs after the response however it ended (done, reader gone,
+    cut off by the write deadline): it ends the store reads and gives the slot back."""
+
+    def __init__(self, chunks: Iterator[bytes], slots: ExportSlots) -> None:
+        self._chunks = chunks  # the caller took a slot (ExportSlots.take)
+        self._slots = slots
+        self._pending: asyncio.Future[bytes | None] | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._pending = loop.run_in_executor(None, next, self._chunks, None)
+            # Shielded: a disconnect cancels the wait, not the thread's next(); finish()
+            # waits for that to return before closing the generator.
+            chunk = await asyncio.shield(self._pending)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def finish(self) -> None:
+        try:
+            if self._pending is not None:
+                await asyncio.wait([self._pending])
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+        finally:
+            self._slots.running -= 1
+        if self._slots.running == 0:
+            await asyncio.to_thread(release_freed_memory)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by finished exports back to the system.
+
+    glibc keeps what worker threads freed in their own arenas, so after a burst
+    of exports the process would stay at its peak size (issue 10: 118 -> 249 MB
+    that never came back). ``malloc_trim`` returns it; elsewhere this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _csv_chunks(store: AuditStore, since: str | None, until: str | None) -> Iterator[bytes]:

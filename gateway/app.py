@@ -27,7 +27,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.admin import admin_router, health_handlers
+from gateway.admin import ExportSlots, admin_router, health_handlers
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
@@ -50,6 +50,7 @@ from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder
 from gateway.proxy import Proxy
+from gateway.refusals import Refusals
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
@@ -72,6 +73,8 @@ class GatewayState:
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
         self.admin_tokens: AdminTokens | None = None
+        self.refusals: Refusals | None = None
+        self.exports = ExportSlots(settings.limits.max_exports)
 
 
 def policy_path(settings: Settings) -> Path:
@@ -149,6 +152,18 @@ async def _start(
     backlog = OutcomeBacklog(audit)
     backlog.start()
     stack.push_async_callback(backlog.stop)
+    # Stopped before the backlog and the log (the stack unwinds in reverse), so the
+    # aggregates still open at shutdown are written.
+    refusals = Refusals(
+        audit,
+        backlog,
+        pseudonyms.derive(b"refusal-source"),
+        state.request_ids.next_id,
+        limits=settings.refusals,
+    )
+    refusals.start()
+    stack.push_async_callback(refusals.stop)
+    state.refusals = refusals
     state.store, state.audit, state.keyring, state.pseudonyms = store, audit, keyring, pseudonyms
 
     pending_loads: set[asyncio.Task[None]] = set()
@@ -255,6 +270,7 @@ async def _start(
         if settings.cache_entries > 0
         else None,
         demo_credentials=demo_credentials,
+        refusals=refusals,
     )
     state.runtime = runtime
     holder["proxy"] = Proxy(runtime)
