@@ -34,7 +34,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.audit.export import export_csv, iter_export_chunks
 from gateway.audit.record import AuditRecord, PersonRef, rfc3339
 from gateway.audit.store import AuditStore
-from gateway.audit.subject import SubjectEntry, subject_records
+from gateway.audit.subject import subject_records
 from gateway.clients import AdminToken, Role, role_allows
 from gateway.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -214,6 +214,7 @@ async def audit_admin_act(
     *,
     status: int = 200,
     people: Sequence[PersonRef] = (),
+    index: Sequence[str] = (),
     detail: str | None = None,
 ) -> None:
     """Put this request's admin act on the record, before its answer leaves.
@@ -221,7 +222,8 @@ async def audit_admin_act(
     The act is the route's (:func:`admin_act`), the actor the token's id and role
     (never the token), the request id the gateway's. Fails closed: if the store
     cannot take the record, the act is refused with 503 ``audit.unavailable``,
-    as a lookup would be. ``people`` are commitments only (``PersonCommitter.refs``);
+    as a lookup would be. ``people`` are commitments only (``PersonCommitter.refs``),
+    ``index`` their pseudonyms for the store's subject index (never in the record);
     ``detail`` must hold nothing personal.
     """
     await record_admin_act(
@@ -231,6 +233,7 @@ async def audit_admin_act(
         request_id=request_id_of(request),
         status=status,
         people=people,
+        index=index,
         detail=detail,
     )
 
@@ -243,6 +246,7 @@ async def record_admin_act(
     request_id: str,
     status: int,
     people: Sequence[PersonRef] = (),
+    index: Sequence[str] = (),
     detail: str | None = None,
 ) -> None:
     """Append an ``admin.<act>`` record (decision 0001 §6); raises ``AuditUnavailable``."""
@@ -259,7 +263,7 @@ async def record_admin_act(
         detail=detail,
     )
     try:
-        await state.audit.append(record)
+        await state.audit.append(record, index)
     except GatewayError:
         raise
     except Exception as exc:  # any store failure must fail closed
@@ -767,9 +771,17 @@ def _csv_chunks(store: AuditStore, since: str | None, until: str | None) -> Iter
     yield out.getvalue().encode()
 
 
+class SubjectRecord(msgspec.Struct, frozen=True):
+    """One record about the person: its leaf index and its fields (format 1 or 2;
+    ``v`` tells which). A format-2 outcome refers to its intent by ``request_id``."""
+
+    seq: int
+    record: dict[str, Any]
+
+
 class SubjectAccess(msgspec.Struct):
     upstream: str
-    records: list[SubjectEntry]
+    records: list[SubjectRecord]
 
 
 @get(
@@ -790,19 +802,41 @@ async def audit_subject(
     """For a GDPR Art. 15 answer: every lookup about this person at this upstream, by
     which client, when, for what purpose, and what was decided. The identifier is
     turned into its keyed pseudonyms here and is neither stored nor logged."""
-    _only_query(request, {"upstream", "subject"})
     state = gateway_state(request)
-    if state.store is None or state.policy is None or state.pseudonyms is None:
-        raise _unavailable("the audit store")
-    config = state.policy.current.upstreams.get(upstream)
-    if config is None:
-        raise NotFound("no upstream of that name in the active policy", code="upstream.unknown")
+    try:
+        _only_query(request, {"upstream", "subject"})
+        if state.store is None or state.policy is None or state.pseudonyms is None:
+            raise _unavailable("the audit store")
+        config = state.policy.current.upstreams.get(upstream)
+        if config is None:
+            raise NotFound("no upstream of that name in the active policy", code="upstream.unknown")
+    except GatewayError as error:
+        await audit_admin_act(request, status=error.status, detail=error.code)
+        raise
     pseudonyms = subject_pseudonyms(config, state.pseudonyms, subject)
     store = state.store
+    committer = state.pseudonyms.committer()
     entries = await asyncio.to_thread(
-        lambda: list(subject_records(store, pseudonyms, upstream=upstream)) if pseudonyms else []
+        lambda: (
+            list(subject_records(store, pseudonyms, committer, upstream=upstream))
+            if pseudonyms
+            else []
+        )
     )
-    return SubjectAccess(upstream=upstream, records=entries)
+    # A subject access request is itself processing of the person's data: on the
+    # record before the answer leaves, the person as commitments only (and in the
+    # subject index, so their own later request shows who asked about them).
+    people = committer.refs(request_id_of(request), [(p, "asked", None) for p in pseudonyms])
+    await audit_admin_act(
+        request,
+        people=people,
+        index=pseudonyms,
+        detail=f"{len(entries)} record(s) at {upstream}",
+    )
+    return SubjectAccess(
+        upstream=upstream,
+        records=[SubjectRecord(e.seq, msgspec.to_builtins(e.record)) for e in entries],
+    )
 
 
 admin_router = Router(

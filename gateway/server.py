@@ -38,6 +38,7 @@ BODY_TIMEOUT = 5.0  # seconds from the end of headers to the end of the body
 MAX_HEADER_FIELDS = 100  # Envoy's default
 MAX_HEADER_BYTES = 32 * 1024  # nginx: 4 buffers of 8k
 MAX_TARGET_BYTES = 16 * 1024  # the request target; the proxy's own limit is lower
+LINGER = 1.0  # seconds a refused connection stays half-open so its answer is read
 
 
 def _response(status: int, code: str, detail: str, request_id: str | None = None) -> bytes:
@@ -168,7 +169,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if refusals is not None:
             refusals.record(source, request_id, code, 503)
         self.transport.write(_response(503, code, detail, request_id))
-        self.transport.close()
+        # Half-close and linger a moment rather than close: closing with the
+        # caller's request still unread makes the kernel send a reset, and the
+        # caller would lose the answer. Whatever else it sends is ignored.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(LINGER, None)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -179,8 +185,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._arm(BODY_TIMEOUT, None)
         if (
-            len(self.connections) > self.max_connections
-            or len(self.tasks) >= self.max_connections
+            len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
         ) and self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
             self._disarm()
             self._refused = True
