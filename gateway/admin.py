@@ -3,7 +3,20 @@
 Admin tokens are separate from client keys: a client key never opens these
 routes, and an admin token never looks up a score. Each route names the role it
 needs and the act it is on the record as (:func:`admin_act`); :func:`admin_guard`
-refuses a token of another role with 403 ``admin.forbidden_role``.
+refuses a token of another role with 403 ``admin.forbidden_role`` (on the record).
+
+A new admin route, in three lines::
+
+    @get("/report", opt=admin_act("report", "auditor"), responses=ADMIN_ERRORS)
+    async def report(request: Request[Any, Any, Any], ...) -> Report:
+        ...                                    # refuse with a GatewayError as usual
+        await audit_admin_act(request, people=refs, index=pseudonyms, detail="...")
+        return answer
+
+``audit_admin_act`` writes ``admin.report`` (decision 0001 §6) under the token's id
+and role and the gateway's request id, before the answer leaves, and fails closed
+(503 ``audit.unavailable``). Audit a refusal inside the handler the same way, with
+``status=error.status, detail=error.code``. Add the route to ``admin_router``.
 """
 
 from __future__ import annotations
