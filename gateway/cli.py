@@ -117,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     common = {
         "host": settings.host,
         "port": settings.port,
-        **uvicorn_options(log_level=settings.log_level, limits=settings.limits),
+        **uvicorn_options(log_level=settings.log_level),
     }
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = msgspec.json.encode(settings, enc_hook=_encode_path).decode()

@@ -79,11 +79,13 @@ FIELDS_431 = _response(
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """httptools protocol with header/body read deadlines, header limits, and
-    connection limits per source and in total (see :func:`guarded_protocol`)."""
+    connection limits per source and in total.
 
-    max_connections_per_source = Limits().max_connections_per_source
-    max_connections = Limits().max_connections
-    write_timeout = Limits().write_timeout
+    The connection limits and the write deadline are the served gateway's
+    ``Settings.limits`` (uvicorn hands each protocol the app it serves; a class
+    made per setting could not be pickled for worker processes); any other app
+    gets the defaults.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,6 +95,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._source: str | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
+        self._limits = _limits_of(self.app)
 
     # -- deadlines ---------------------------------------------------------------------
 
@@ -121,7 +124,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         counts = _sources(self.server_state)
         counts[source] += 1
         self._source = source
-        if counts[source] > self.max_connections_per_source:
+        if counts[source] > self._limits.max_connections_per_source:
             self._refused = True
             self._answer_refusal(source, *SOURCE_LIMITED)
             return
@@ -135,7 +138,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # reader that never reads would keep its memory and its store cursor.
         super().pause_writing()
         if self._write_deadline is None:
-            self._write_deadline = self.loop.call_later(self.write_timeout, self._write_expired)
+            self._write_deadline = self.loop.call_later(
+                self._limits.write_timeout, self._write_expired
+            )
 
     def resume_writing(self) -> None:
         if self._write_deadline is not None:
@@ -185,7 +190,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._arm(BODY_TIMEOUT, None)
         if (
-            len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections
+            len(self.connections) > self._limits.max_connections
+            or len(self.tasks) >= self._limits.max_connections
         ) and self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
             self._disarm()
             self._refused = True
@@ -242,6 +248,17 @@ def _sources(server_state: Any) -> Counter[str]:
     return counts
 
 
+_DEFAULT_LIMITS = Limits()
+
+
+def _limits_of(app: Any) -> Limits:
+    state = getattr(app, "state", None)
+    gateway = state.get("gateway") if state is not None else None
+    settings = getattr(gateway, "settings", None)
+    limits = getattr(settings, "limits", None)
+    return limits if isinstance(limits, Limits) else _DEFAULT_LIMITS
+
+
 def _gateway_parts(app: Any, server_state: Any) -> tuple[RequestIds, Any]:
     """The served gateway's request ids and refusal aggregates, when the app is the
     gateway (uvicorn hands protocols the app it loaded); fresh ids otherwise."""
@@ -255,23 +272,10 @@ def _gateway_parts(app: Any, server_state: Any) -> tuple[RequestIds, Any]:
     return ids, getattr(gateway, "refusals", None)
 
 
-def guarded_protocol(limits: Limits) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class with the connection limits of ``limits``."""
-    return type(
-        "GuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
-        {
-            "max_connections_per_source": limits.max_connections_per_source,
-            "max_connections": limits.max_connections,
-            "write_timeout": limits.write_timeout,
-        },
-    )
-
-
-def uvicorn_options(*, log_level: str = "info", limits: Limits | None = None) -> dict[str, Any]:
+def uvicorn_options(*, log_level: str = "info") -> dict[str, Any]:
     """The server options of ``gateway serve``; tests serve with the same ones."""
     return {
-        "http": guarded_protocol(limits or Limits()),
+        "http": GuardedHttpToolsProtocol,
         "log_level": log_level,
         "proxy_headers": False,  # X-Forwarded-* from callers is never trusted
         "server_header": False,

@@ -23,7 +23,6 @@ from gateway.app import GatewayState, create_app
 from gateway.audit.record import AuditRecord, joined_lookup
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import VerifyResult, verify_export
-from gateway.server import guarded_protocol
 from gateway.settings import Limits, Settings
 from tests.support.gateway import SHIPPED_POLICY
 from tests.support.servers import serve_asgi
@@ -244,7 +243,7 @@ def gateway_at(
         **settings,
     )
     app = create_app(config)
-    with serve_asgi(app, http=guarded_protocol(config.limits)) as url:
+    with serve_asgi(app) as url:
         yield Gateway(url=url, state=app.state["gateway"], upstream_url=upstream_url)
 
 

@@ -12,7 +12,6 @@ import msgspec
 
 from gateway.app import GatewayState, create_app
 from gateway.demo.upstream import DemoUpstream, DemoUpstreamConfig, create_demo_upstream
-from gateway.server import guarded_protocol
 from gateway.settings import Limits, Settings
 from tests.support.servers import serve_asgi
 
@@ -52,7 +51,7 @@ def running_gateway(
             **settings,
         )
         app = create_app(config)
-        with serve_asgi(app, http=guarded_protocol(config.limits)) as url:
+        with serve_asgi(app) as url:
             yield RunningGateway(
                 url=url,
                 state=app.state["gateway"],
