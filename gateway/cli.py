@@ -405,7 +405,7 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     entry, token = issue_admin_token(args.data_dir, args.role)
     print(
         f"admin token {entry.id}, role {entry.role} (shown once; only its hash is stored in "
-        f"{args.data_dir}; {PICKED_UP}):"
+        f"{args.data_dir};\n{PICKED_UP}):"
     )
     print(token)
     return 0
