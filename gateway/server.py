@@ -41,40 +41,46 @@ MAX_TARGET_BYTES = 16 * 1024  # the request target; the proxy's own limit is low
 LINGER = 1.0  # seconds a refused connection stays half-open so its answer is read
 
 
-def _response(status: int, code: str, detail: str, request_id: str | None = None) -> bytes:
+#: An answer the protocol writes itself: status, stable code, human detail.
+Answer = tuple[int, str, str]
+
+TIMEOUT_408: Answer = (408, "request.timeout", "the request was not sent in time")
+URI_414: Answer = (414, "request.uri_too_long", "the request target is too long")
+FIELDS_431: Answer = (
+    431,
+    "request.header_too_large",
+    "too many header fields, or too many bytes of them",
+)
+MALFORMED_400: Answer = (400, "request.malformed", "the request is not valid HTTP/1.1")
+SOURCE_LIMITED: Answer = (
+    503,
+    "connection.limited",
+    "this address holds too many connections to the gateway",
+)
+OVERLOADED: Answer = (503, "gateway.overloaded", "the gateway holds too many connections; retry")
+HEALTH_PATHS = (b"/healthz", b"/readyz")
+
+
+def _response(answer: Answer, request_id: str) -> bytes:
     """A complete problem+json answer written straight to the socket, then closed."""
+    status, code, detail = answer
     phrase = HTTPStatus(status).phrase
-    problem: dict[str, object] = {
+    problem = {
         "type": f"urn:score-gateway:problem:{code}",
         "title": phrase,
         "status": status,
         "code": code,
         "detail": detail,
+        "request_id": request_id,
     }
-    extra = ""
-    if request_id is not None:
-        problem["request_id"] = request_id
-        extra = f"x-request-id: {request_id}\r\nretry-after: 1\r\n"
     body = json.dumps(problem, separators=(",", ":")).encode()
+    retry = "retry-after: 1\r\n" if status == 503 else ""
     head = (
         f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/problem+json\r\n"
-        f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n{retry}"
+        "connection: close\r\n\r\n"
     )
     return head.encode() + body
-
-
-HEALTH_PATHS = (b"/healthz", b"/readyz")
-SOURCE_LIMITED = ("connection.limited", "this address holds too many connections to the gateway")
-OVERLOADED = ("gateway.overloaded", "the gateway holds too many connections; retry shortly")
-
-
-TIMEOUT_408 = _response(408, "request.timeout", "the request was not sent in time")
-URI_414 = _response(414, "request.uri_too_long", "the request target is too long")
-FIELDS_431 = _response(
-    431,
-    "request.header_too_large",
-    "too many header fields, or too many bytes of them",
-)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -99,7 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- deadlines ---------------------------------------------------------------------
 
-    def _arm(self, seconds: float, reason: bytes | None) -> None:
+    def _arm(self, seconds: float, reason: Answer | None) -> None:
         self._disarm()
         self._deadline = self.loop.call_later(seconds, self._expired, reason)
 
@@ -108,12 +114,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def _expired(self, answer: bytes | None) -> None:
+    def _expired(self, answer: Answer | None) -> None:
         self._deadline = None
         if self.transport.is_closing():
             return
         if answer is not None and (self.cycle is None or self.cycle.response_complete):
-            self.transport.write(answer)
+            self.transport.write(self._problem(answer))
         # A body that stops arriving: closing makes the app's receive() say disconnect.
         self._refused = True
         self.transport.close()
@@ -126,7 +132,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._source = source
         if counts[source] > self._limits.max_connections_per_source:
             self._refused = True
-            self._answer_refusal(source, *SOURCE_LIMITED)
+            self._answer_and_linger(SOURCE_LIMITED)
             return
         self._arm(HEADER_TIMEOUT, TIMEOUT_408)
 
@@ -167,13 +173,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._source = None
         super().connection_lost(exc)
 
-    def _answer_refusal(self, source: str, code: str, detail: str) -> None:
-        """503 ``code`` with a request id, recorded like any refusal of a stranger."""
+    def _problem(self, answer: Answer) -> bytes:
+        """``answer`` with a request id, recorded like any refusal of a stranger:
+        these requests never reach the app, and their ids must be traceable too."""
         ids, refusals = _gateway_parts(self.app, self.server_state)
         request_id = ids.next_id()
         if refusals is not None:
-            refusals.record(source, request_id, code, 503)
-        self.transport.write(_response(503, code, detail, request_id))
+            refusals.record(self._source or "-", request_id, answer[1], answer[0])
+        return _response(answer, request_id)
+
+    def _answer_and_linger(self, answer: Answer) -> None:
+        self.transport.write(self._problem(answer))
         # Half-close and linger a moment rather than close: closing with the
         # caller's request still unread makes the kernel send a reset, and the
         # caller would lose the answer. Whatever else it sends is ignored.
@@ -195,7 +205,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         ) and self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
             self._disarm()
             self._refused = True
-            self._answer_refusal(self._source or "-", *OVERLOADED)
+            self._answer_and_linger(OVERLOADED)
             raise ValueError("connection limits exceeded")  # stops the parser, as _refuse
         super().on_headers_complete()
 
@@ -218,20 +228,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(FIELDS_431)
         super().on_header(name, value)
 
-    def _refuse(self, answer: bytes) -> None:
+    def _refuse(self, answer: Answer) -> None:
         if not self._refused:
             self._refused = True
             self._disarm()
-            self.transport.write(answer)
+            self.transport.write(self._problem(answer))
             self.transport.close()
         # Stop the parser: httptools turns this into HttpParserCallbackError, which
         # uvicorn would answer with a 400 that send_400_response now suppresses.
         raise ValueError("request limits exceeded")
 
     def send_400_response(self, msg: str) -> None:
+        # uvicorn's own answer to unparsable HTTP is plain text without a request id.
         if self._refused:
             return
-        super().send_400_response(msg)
+        self._refused = True
+        self._disarm()
+        self.transport.write(self._problem(MALFORMED_400))
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
