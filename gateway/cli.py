@@ -395,13 +395,28 @@ def _admin_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="auditor: export, subject access, reports; policy: validate, explain, replay, "
         f"apply; operator: everything (default: {DEFAULT_ROLE})",
     )
+    p.add_argument(
+        "--revoke", metavar="ID", help="make the token ID (adm-...) stop working instead"
+    )
+    p.add_argument("--list", action="store_true", help="list token ids and roles instead")
     p.add_argument("--data-dir", type=Path, default=Path("var"))
     p.set_defaults(func=cmd_admin_token)
 
 
 def cmd_admin_token(args: argparse.Namespace) -> int:
-    from gateway.clients import issue_admin_token
+    from gateway.clients import issue_admin_token, load_admin_tokens, revoke_admin_token
 
+    if args.list:
+        for t in load_admin_tokens(args.data_dir).tokens:
+            state = f"revoked {t.revoked}" if t.revoked else f"active since {t.created or '-'}"
+            print(f"{t.id}  {t.role:<8}  {state}")
+        return 0
+    if args.revoke:
+        if revoke_admin_token(args.data_dir, args.revoke) is None:
+            print(f"gateway admin-token: no working token {args.revoke!r}", file=sys.stderr)
+            return 1
+        print(f"revoked admin token {args.revoke} ({PICKED_UP})")
+        return 0
     entry, token = issue_admin_token(args.data_dir, args.role)
     print(
         f"admin token {entry.id}, role {entry.role} (shown once; only its hash is stored in "

@@ -326,6 +326,19 @@ def issue_admin_token(data_dir: Path, role: Role = DEFAULT_ROLE) -> tuple[AdminT
     return entry, token
 
 
+def revoke_admin_token(data_dir: Path, token_id: str) -> AdminToken | None:
+    """Mark the token ``token_id`` revoked; the revoked entry, or None if no working
+    token has that id. A token file from before roles is rewritten in the new form."""
+    stored = load_admin_tokens(data_dir)
+    found = next((t for t in stored.tokens if t.id == token_id and t.revoked is None), None)
+    if found is None:
+        return None
+    revoked = msgspec.structs.replace(found, revoked=_now())
+    stored.tokens = [revoked if t is found else t for t in stored.tokens]
+    _write_private(data_dir / ADMIN_TOKENS_FILE, msgspec.json.format(msgspec.json.encode(stored)))
+    return revoked
+
+
 def load_admin_tokens(data_dir: Path) -> AdminTokensFile:
     """The stored admin tokens. A file from before roles (a JSON list of digests) is
     read as operator tokens, ids taken from their digests."""

@@ -224,3 +224,18 @@ def test_refused_admin_acts_are_on_the_record_too(
     assert r.status_code == status
     [record] = [x for x in _admin_records(client) if x["request_id"] == r.headers["x-request-id"]]
     assert (record["status"], record["detail"], record["actor"]) == (status, code, "demo-admin")
+
+
+def test_a_wrong_admin_token_is_a_strangers_refusal_on_the_record(client: httpx.Client) -> None:
+    """No valid token: no actor to name, so the attempt is counted with the other
+    refusals of its source; its request id is in an aggregate of the export."""
+    r = client.get("/admin/audit/export", headers={"Authorization": "Bearer not-a-token"})
+    assert r.status_code == 401
+    export = client.get("/admin/audit/export", headers=ADMIN)
+    aggregates = [
+        line["record"]
+        for line in map(json.loads, export.content.splitlines())
+        if line["type"] == "record" and line["record"]["kind"] == "refusal.aggregate"
+    ]
+    [held] = [a for a in aggregates if r.headers["x-request-id"] in a["request_ids"]]
+    assert (held["error"], held["status"]) == ("admin.unauthenticated", 401)

@@ -6,6 +6,7 @@ gateway on loopback is serving from, and looks at what callers then get.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -228,6 +229,7 @@ def test_admin_tokens_work_without_a_restart_and_each_route_checks_the_role(
             lambda: c.get("/admin/policy", headers=_bearer(tokens["operator"])).status_code == 200,
             "the new token to work",
         )
+        refused: list[tuple[str, str, str | None]] = []
         for method, path, body, needed in ROUTES:
             for role, token in tokens.items():
                 r = c.request(method, path, content=body, headers=_bearer(token))
@@ -240,6 +242,20 @@ def test_admin_tokens_work_without_a_restart_and_each_route_checks_the_role(
                     assert problem["code"] == "admin.forbidden_role"
                     assert repr(needed) in problem["detail"]
                     assert problem["request_id"] == r.headers["x-request-id"]
+                    refused.append((r.headers["x-request-id"], role, needed))
+        export = c.get("/admin/audit/export", headers=_bearer(tokens["auditor"]))
+    records = {
+        line["record"]["request_id"]: line["record"]
+        for line in map(json.loads, export.content.splitlines())
+        if line["type"] == "record"
+    }
+    ids = {t.role: t.id for t in load_admin_tokens(gw.data_dir).tokens}
+    assert refused
+    for request_id, role, _ in refused:
+        record = records[request_id]
+        assert record["kind"].startswith("admin.")
+        assert (record["actor"], record["role"], record["status"]) == (ids[role], role, 403)
+        assert record["detail"] == "admin.forbidden_role"
 
 
 def test_old_admin_token_files_are_operator_tokens(
@@ -259,3 +275,32 @@ def test_old_admin_token_files_are_operator_tokens(
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_revoked_admin_token_stops_working_on_a_running_gateway(
+    gw: RunningGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = _issue(capsys, gw.data_dir, "--role", "auditor")
+    [entry] = load_admin_tokens(gw.data_dir).tokens
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        _eventually(
+            lambda: c.get("/admin/policy", headers=_bearer(token)).status_code == 200,
+            "the token to work",
+        )
+        code, out, _ = _cli(
+            capsys, "admin-token", "--revoke", entry.id, "--data-dir", str(gw.data_dir)
+        )
+        assert code == 0
+        assert entry.id in out
+        _eventually(
+            lambda: c.get("/admin/policy", headers=_bearer(token)).status_code == 401,
+            "the revoked token to fail",
+            timeout=2,
+        )
+    code, listing, _ = _cli(capsys, "admin-token", "--list", "--data-dir", str(gw.data_dir))
+    assert code == 0
+    assert f"{entry.id}  auditor   revoked" in listing
+    assert token not in listing
+    code, _, err = _cli(capsys, "admin-token", "--revoke", entry.id, "--data-dir", str(gw.data_dir))
+    assert code == 1
+    assert "no working token" in err
