@@ -249,7 +249,7 @@ def test_admin_tokens_work_without_a_restart_and_each_route_checks_the_role(
         for line in map(json.loads, export.content.splitlines())
         if line["type"] == "record"
     }
-    ids = {t.role: t.id for t in load_admin_tokens(gw.data_dir).tokens}
+    ids: dict[str, str] = {t.role: t.id for t in load_admin_tokens(gw.data_dir).tokens}
     assert refused
     for request_id, role, _ in refused:
         record = records[request_id]
