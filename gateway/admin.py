@@ -27,11 +27,13 @@ import ctypes
 import ctypes.util
 import io
 import json
+import queue
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import msgspec
 from litestar import Request, Response, Router, get, post
@@ -778,10 +780,75 @@ def release_freed_memory() -> None:
         pass
 
 
+class _Abandoned(Exception):
+    """The reader of a CSV export went away: stop writing rows."""
+
+
+class _CsvPipe(io.TextIOBase):
+    """``export_csv`` writes rows into it from its own thread; the export takes
+    64 KiB chunks out. The queue holds four chunks: a slow reader stops the writer
+    (backpressure) instead of the whole CSV piling up in memory."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+        self._buffer: list[str] = []
+        self._buffered = 0
+        self._abandoned = threading.Event()
+
+    def write(self, text: str) -> int:
+        self._buffer.append(text)
+        self._buffered += len(text)
+        if self._buffered >= self.CHUNK:
+            self._put("".join(self._buffer).encode())
+            self._buffer, self._buffered = [], 0
+        return len(text)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while True:
+            if self._abandoned.is_set():
+                raise _Abandoned
+            try:
+                self._chunks.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with contextlib.suppress(_Abandoned):
+            if error is None:
+                self._put("".join(self._buffer).encode())
+            self._put(error)
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            while (item := self._chunks.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._abandoned.set()
+
+
 def _csv_chunks(store: AuditStore, since: str | None, until: str | None) -> Iterator[bytes]:
-    out = io.StringIO()
-    export_csv(store, out, since=since, until=until)
-    yield out.getvalue().encode()
+    """The CSV export as chunks, written by ``export_csv`` in a thread of its own."""
+    pipe = _CsvPipe()
+
+    def write() -> None:
+        try:
+            # csv.writer only calls write(); TextIOBase is not typed as IO[str].
+            export_csv(store, cast(IO[str], pipe), since=since, until=until)
+        except _Abandoned:
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to the reader; the response fails
+            pipe.finish(exc)
+            return
+        pipe.finish()
+
+    threading.Thread(target=write, name="csv-export", daemon=True).start()
+    return pipe.chunks()
 
 
 class SubjectRecord(msgspec.Struct, frozen=True):
