@@ -656,7 +656,13 @@ async def audit_public_key(request: Request[Any, Any, Any]) -> PublicKeys:
     "/audit/export",
     summary="Export the audit log",
     operation_id="auditExport",
-    responses=ADMIN_ERRORS,
+    responses={
+        **ADMIN_ERRORS,
+        503: _problem(
+            "Limits.max_exports exports are already streaming (export.busy, with "
+            "Retry-After), or the audit log cannot take the export's record (audit.unavailable)"
+        ),
+    },
     opt=admin_act("export", "auditor"),
     media_type="application/x-ndjson",
 )
