@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.admin import admin_router, health_handlers
+from gateway.admin import ExportSlots, admin_router, health_handlers
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
@@ -38,11 +37,14 @@ from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.cache import AnswerCache
 from gateway.clients import (
+    DEMO_ADMIN_ID,
     DEMO_ADMIN_TOKEN,
     DEMO_CLIENT_KEYS,
+    AdminToken,
+    AdminTokens,
     ClientKeys,
     key_hash,
-    load_admin_hashes,
+    legacy_admin_token,
     load_issued_keys,
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, render_problem
@@ -51,6 +53,7 @@ from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder, PolicyLoad
 from gateway.proxy import Proxy
+from gateway.refusals import Refusals
 from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
@@ -74,7 +77,9 @@ class GatewayState:
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
         self.request_ids = RequestIds()  # the one source of request ids in this process
-        self.admin_hashes: list[str] = []
+        self.admin_tokens: AdminTokens | None = None
+        self.refusals: Refusals | None = None
+        self.exports = ExportSlots(settings.limits.max_exports)
 
     def missing(self) -> list[str]:
         """What an operator must still provide before lookups can be answered, in words
@@ -106,7 +111,7 @@ class GatewayState:
                 "no client has a key: issue one with 'gateway clients add ID --kind KIND "
                 "--purpose PURPOSE'"
             )
-        if not self.admin_hashes:
+        if self.admin_tokens is None or not self.admin_tokens.any():
             out.append("no admin token: create one with 'gateway admin-token'")
         return out
 
@@ -114,16 +119,9 @@ class GatewayState:
         if any(client.key_hash for client in policy.clients.values()):
             return True
         try:
-            return bool(load_issued_keys(self.settings.data_dir).keys)
+            return any(k.revoked is None for k in load_issued_keys(self.settings.data_dir).keys)
         except (OSError, msgspec.DecodeError):
             return False
-
-    def admin_ok(self, token: str) -> bool:
-        digest = key_hash(token)
-        ok = False
-        for known in self.admin_hashes:
-            ok |= hmac.compare_digest(known, digest)
-        return ok
 
 
 def load_detail(load: PolicyLoad) -> str:
@@ -227,6 +225,18 @@ async def _start(
     backlog = OutcomeBacklog(audit)
     backlog.start()
     stack.push_async_callback(backlog.stop)
+    # Stopped before the backlog and the log (the stack unwinds in reverse), so the
+    # aggregates still open at shutdown are written.
+    refusals = Refusals(
+        audit,
+        backlog,
+        pseudonyms.derive(b"refusal-source"),
+        state.request_ids.next_id,
+        limits=settings.refusals,
+    )
+    refusals.start()
+    stack.push_async_callback(refusals.stop)
+    state.refusals = refusals
     state.store, state.audit, state.keyring, state.pseudonyms = store, audit, keyring, pseudonyms
 
     pending_loads: set[asyncio.Task[None]] = set()
@@ -281,14 +291,19 @@ async def _start(
     stack.push_async_callback(policy.stop)
     state.policy = policy
 
-    state.admin_hashes = [*load_admin_hashes(data_dir), *settings.admin_token_hashes]
+    # Tokens issued with `gateway admin-token` are re-read while running; these are fixed.
+    fixed_admins = [legacy_admin_token(digest) for digest in settings.admin_token_hashes]
+    if settings.demo:
+        fixed_admins.append(
+            AdminToken(id=DEMO_ADMIN_ID, role="operator", key_hash=key_hash(DEMO_ADMIN_TOKEN))
+        )
+    state.admin_tokens = AdminTokens(data_dir, fixed=fixed_admins)
 
     demo_credentials: dict[str, str] = {}
     overrides = dict(settings.upstream_overrides)
     if settings.demo:
         from gateway.demo.upstream import DEMO_UPSTREAM_KEY
 
-        state.admin_hashes.append(key_hash(DEMO_ADMIN_TOKEN))
         if "klout" not in overrides:
             url = await _start_demo_upstream(stack, settings.demo_upstream_port)
             overrides["klout"] = url
@@ -339,6 +354,7 @@ async def _start(
         if settings.cache_entries > 0
         else None,
         demo_credentials=demo_credentials,
+        refusals=refusals,
     )
     state.runtime = runtime
     holder["proxy"] = Proxy(runtime)

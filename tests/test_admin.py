@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 
+from gateway.admin import _csv_chunks, _CsvPipe
+from gateway.audit.export import export_csv
+from gateway.audit.log import AuditLog
+from gateway.audit.signing import KeyRing
+from gateway.audit.store import AuditStore
 from gateway.audit.verify import verify_export
+from tests.audit.support import fill
 from tests.support.gateway import SHIPPED_POLICY, RunningGateway
 
 ADMIN = {"Authorization": "Bearer demo-admin-token"}
@@ -128,3 +141,153 @@ def test_subject_access_lists_every_lookup_about_one_person(client: httpx.Client
     intents = {rec["request_id"]: rec for rec in records if rec["kind"] == "lookup.intent"}
     assert {intents[rec["request_id"]]["client"] for rec in finals} == {"crm"}
     assert b"alice" not in r.content.lower().replace(b'"subject":', b"")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("X-Request-Id-Internal", id="internal-header"),
+        pytest.param("X-Request-Id", id="public-header"),
+    ],
+)
+def test_admin_errors_carry_the_gateways_request_id_not_a_callers(
+    client: httpx.Client, header: str
+) -> None:
+    r = client.get("/admin/policy", headers={header: "forged-0000"})
+    assert r.status_code == 401
+    assert "forged" not in r.text
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+    assert "forged" not in r.headers["x-request-id"]
+
+
+def _admin_records(client: httpx.Client) -> list[dict[str, object]]:
+    export = client.get("/admin/audit/export", headers=ADMIN)
+    lines = [json.loads(line) for line in export.content.splitlines()]
+    return [
+        line["record"]
+        for line in lines
+        if line["type"] == "record" and str(line["record"]["kind"]).startswith("admin.")
+    ]
+
+
+def test_every_admin_act_is_on_the_record_under_the_token_id(client: httpx.Client) -> None:
+    """Subject access, export, validate and explain each leave an admin.<act> record
+    naming the token's id and role and the gateway's request id; the subject of an
+    access request appears only as commitments, never as the identifier or its
+    pseudonym."""
+    acts = {
+        "subject_access": client.get(
+            "/admin/audit/subject",
+            headers=ADMIN,
+            params={"upstream": "klout", "subject": "alice_example"},
+        ),
+        "validate": client.post(
+            "/admin/policy/validate", headers=ADMIN, content=SHIPPED_POLICY.read_bytes()
+        ),
+        "explain": client.post(
+            "/admin/policy/explain",
+            headers=ADMIN,
+            json={"client": "ats", "upstream": "klout", "path": "/v2/user.json/5001/score"},
+        ),
+        "export": client.get("/admin/audit/export", headers=ADMIN),
+    }
+    records = {r["request_id"]: r for r in _admin_records(client)}
+    for act, answer in acts.items():
+        assert answer.status_code == 200, (act, answer.text)
+        record = records[answer.headers["x-request-id"]]
+        assert record["kind"] == f"admin.{act}"
+        assert (record["actor"], record["role"], record["status"]) == (
+            "demo-admin",
+            "operator",
+            200,
+        )
+    access = records[acts["subject_access"].headers["x-request-id"]]
+    assert access["people"], "the subject of an access request is named, as commitments"
+    text = json.dumps(access)
+    assert "alice" not in text
+    assert "hmac-sha256" not in text
+    explain = records[acts["explain"].headers["x-request-id"]]
+    assert (
+        explain["detail"]
+        == "ats at klout /v2/user.json/{kloutId}/score for employment.recruitment: deny"
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "code"),
+    [
+        pytest.param(
+            ("GET", "/admin/audit/export?untill=2026-01-01T00:00:00Z"),
+            400,
+            "request.unknown_parameter",
+            id="export-misspelled-parameter",
+        ),
+        pytest.param(
+            ("POST", "/admin/policy/explain"), 400, "request.invalid_json", id="explain-no-body"
+        ),
+    ],
+)
+def test_refused_admin_acts_are_on_the_record_too(
+    client: httpx.Client, request_args: tuple[str, str], status: int, code: str
+) -> None:
+    method, path = request_args
+    r = client.request(method, path, headers=ADMIN)
+    assert r.status_code == status
+    [record] = [x for x in _admin_records(client) if x["request_id"] == r.headers["x-request-id"]]
+    assert (record["status"], record["detail"], record["actor"]) == (status, code, "demo-admin")
+
+
+def test_a_wrong_admin_token_is_a_strangers_refusal_on_the_record(client: httpx.Client) -> None:
+    """No valid token: no actor to name, so the attempt is counted with the other
+    refusals of its source; its request id is in an aggregate of the export."""
+    r = client.get("/admin/audit/export", headers={"Authorization": "Bearer not-a-token"})
+    assert r.status_code == 401
+    export = client.get("/admin/audit/export", headers=ADMIN)
+    aggregates = [
+        line["record"]
+        for line in map(json.loads, export.content.splitlines())
+        if line["type"] == "record" and line["record"]["kind"] == "refusal.aggregate"
+    ]
+    [held] = [a for a in aggregates if r.headers["x-request-id"] in a["request_ids"]]
+    assert (held["error"], held["status"]) == ("admin.unauthenticated", 401)
+
+
+def test_the_csv_export_streams_in_chunks_with_the_same_rows(tmp_path: Path) -> None:
+    """The CSV an export streams (64 KiB at a time, written in its own thread) is
+    byte for byte what export_csv writes in one piece."""
+    store = AuditStore.open(data_dir=tmp_path)
+
+    async def populate() -> None:
+        log = AuditLog(store, KeyRing.load_or_create(tmp_path))
+        await log.start()
+        await fill(log, 2_000)
+        await log.close()
+
+    asyncio.run(populate())
+    whole = io.StringIO()
+    export_csv(store, whole)
+    chunks = list(_csv_chunks(store, None, None))
+    store.close()
+    assert len(chunks) > 3
+    assert max(len(c) for c in chunks) < 2 * _CsvPipe.CHUNK
+    assert b"".join(chunks) == whole.getvalue().encode()
+
+
+def test_an_abandoned_csv_export_stops_its_writer(tmp_path: Path) -> None:
+    store = AuditStore.open(data_dir=tmp_path)
+
+    async def populate() -> None:
+        log = AuditLog(store, KeyRing.load_or_create(tmp_path))
+        await log.start()
+        await fill(log, 3_000)
+        await log.close()
+
+    asyncio.run(populate())
+    chunks = _csv_chunks(store, None, None)
+    next(chunks)
+    chunks.close()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while any(t.name == "csv-export" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the CSV writer kept running"
+        time.sleep(0.05)
+    store.close()
