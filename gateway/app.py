@@ -29,8 +29,9 @@ from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin import admin_router, health_handlers
+from gateway.audit.graph import IdentityStore
 from gateway.audit.log import AuditLog
-from gateway.audit.pseudonym import Pseudonymizer
+from gateway.audit.pseudonym import Pseudonymizer, load_pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord, rfc3339
 from gateway.audit.signing import KeyRing
@@ -44,6 +45,7 @@ from gateway.clients import (
     load_admin_hashes,
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.identity import IdentityGraph
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder
@@ -69,6 +71,7 @@ class GatewayState:
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
+        self.identity: IdentityGraph | None = None
         self.admin_hashes: list[str] = []
 
     def admin_ok(self, token: str) -> bool:
@@ -142,11 +145,15 @@ async def _start(
     data_dir.mkdir(parents=True, exist_ok=True)
 
     keyring = KeyRing.load_or_create(data_dir)  # refuses to start on an unreadable key
-    pseudonyms = Pseudonymizer.load_or_create(data_dir)
+    # One pseudonym key for every replica: from the operator's secret, or the data dir's.
+    pseudonyms = load_pseudonymizer(data_dir, settings.pseudonym_secret_file)
     id_key = pseudonyms.derive(b"neutral-identifiers")
 
     store = AuditStore.open(data_dir=data_dir, url=settings.database_url)
     stack.callback(store.close)
+    graph_store = IdentityStore(store.engine)
+    graph_store.create()
+    graph_store.bind_key(pseudonyms.check_value())  # refuses a log written under another key
     audit = AuditLog(store, keyring)
     await audit.start()
     stack.push_async_callback(audit.close)
@@ -197,6 +204,14 @@ async def _start(
     policy.start()
     stack.push_async_callback(policy.stop)
     state.policy = policy
+
+    # The policy file's legacy objections: list counts as objections in the graph.
+    identity = IdentityGraph(
+        graph_store, pseudonyms, static_objections=lambda: policy.current.objections
+    )
+    await identity.start()
+    stack.push_async_callback(identity.close)
+    state.identity = identity
 
     state.admin_hashes = [*load_admin_hashes(data_dir), *settings.admin_token_hashes]
 
@@ -249,6 +264,7 @@ async def _start(
         pseudonyms=pseudonyms,
         client_keys=client_keys,
         id_key=id_key,
+        identity=identity,
         metrics=state.metrics,
         tracer=tracer,
         cache=AnswerCache(max_entries=settings.cache_entries, max_age=settings.cache_max_age)

@@ -58,6 +58,7 @@ from gateway.errors import (
     problem_body,
 )
 from gateway.headers import InboundHeaders
+from gateway.identity import issued_among, neutral_ids, objected_in_answer
 from gateway.limits import Quota
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Outcome
@@ -266,8 +267,12 @@ class Proxy:
             lookup.decision = "deny"
             raise _denied(decision)
 
-        objected = {s for s, p in pseudonyms.items() if p in policy.objections}
-        local = objected | set(route.local_subjects)
+        graph = rt.identity
+        # A person is the unit: objected under any identifier linked to this one.
+        objected = {s for s, p in pseudonyms.items() if graph.is_objected(p)}
+        # Ids the gateway issued are answered here and never forwarded.
+        issued = await issued_among(graph, upstream.adapter, pseudonyms)
+        local = objected | set(route.local_subjects) | issued
         # A neutral id the gateway issued stands for someone the upstream did not
         # have: the audit says "missing" for it, and "objected" only for objectors.
         local_outcome: Outcome = "objected" if objected else "missing"
@@ -287,8 +292,9 @@ class Proxy:
             # Everyone asked about is answered here: objected, or a neutral id we issued.
             # Wait about as long as a real round trip, so timing tells nothing.
             await asyncio.sleep(upstream.typical_round_trip(random.random()))
+            ids = await neutral_ids(graph, upstream.adapter, route.template, route.subjects)
             answer = upstream.adapter.neutral_answer(
-                route, None, set(route.subjects), upstream.config.neutral.score
+                route, None, set(route.subjects), upstream.config.neutral.score, ids
             )
             lookup.outcome, lookup.decision = local_outcome, "neutralize"
             answer = self._transform(upstream, route, answer, decision)
@@ -375,6 +381,12 @@ class Proxy:
         ):
             rt.cache.put(cache_key, raw)
 
+        if classification.outcome == "found":
+            # An answer that reveals an objected person's identifier is theirs too.
+            revealed = objected_in_answer(graph, upstream.adapter, route, raw)
+            objected |= revealed
+            if revealed and revealed == set(route.subjects):
+                lookup.outcome = "objected"
         neutral: set[Subject] = set(objected)
         outcomes = {o for s, o in classification.per_subject.items() if s not in objected}
         for outcome in outcomes & NEUTRAL_OUTCOMES:
@@ -387,8 +399,9 @@ class Proxy:
             final = rt.evaluate(msgspec.structs.replace(context, outcome="found"), policy)
             _merge_rules(lookup, final)
         if neutral:
+            ids = await neutral_ids(graph, upstream.adapter, route.template, neutral)
             answer = upstream.adapter.neutral_answer(
-                route, raw, neutral, upstream.config.neutral.score
+                route, raw, neutral, upstream.config.neutral.score, ids
             )
             lookup.decision = "neutralize"
         else:

@@ -21,6 +21,7 @@ from gateway.audit.record import AuditRecord
 from gateway.cache import AnswerCache
 from gateway.clients import ClientKeys
 from gateway.errors import ServiceUnavailable
+from gateway.identity import IdentityGraph
 from gateway.limits import Limiter
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Upstream
@@ -148,6 +149,7 @@ class GatewayRuntime:
         client_keys: ClientKeys,
         id_key: bytes,
         metrics: Metrics,
+        identity: IdentityGraph,
         tracer: trace.Tracer | None = None,
         cache: AnswerCache | None = None,
         demo_credentials: dict[str, str] | None = None,
@@ -164,6 +166,8 @@ class GatewayRuntime:
         self.client_keys = client_keys
         self.metrics = metrics
         self.cache = cache
+        # The identity graph: objections by person, links, issued ids (gateway.identity).
+        self.identity = identity
         self.tracer = tracer or trace.NoOpTracer()
         # Spans cost microseconds even when no-op: the hot path skips them when off.
         self.tracing = tracer is not None and not isinstance(tracer, trace.NoOpTracer)

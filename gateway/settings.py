@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     policy_reload_interval: float = 1.0
     admin_token_hashes: tuple[str, ...] = ()
+    # The pseudonym secret, the same for every replica (else GATEWAY_PSEUDONYM_SECRET,
+    # else the data directory's generated key).
+    pseudonym_secret_file: Path | None = None
     # Upstream answers kept for reuse (0: no cache). Never older than the upstream's
     # terms.max_cache_age nor cache_max_age, whichever is shorter.
     cache_entries: int = 0
@@ -85,6 +88,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
         "WORKERS": "workers",
         "CACHE_ENTRIES": "cache_entries",
         "CACHE_MAX_AGE": "cache_max_age",
+        "PSEUDONYM_SECRET_FILE": "pseudonym_secret_file",
     }
     for suffix, field in mapping.items():
         if (value := env.get(ENV_PREFIX + suffix)) is not None:

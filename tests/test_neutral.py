@@ -34,10 +34,11 @@ def _v2_score_flow(
 def test_v2_flow_gives_opted_out_and_never_existed_the_same_neutral_answers(
     client: httpx.Client,
 ) -> None:
+    alice_id, _, _ = _v2_score_flow(client, "1001")  # a real kloutId teaches their shape
     carol_id, carol_score, carol_user = _v2_score_flow(client, "1003")
     nobody_id, nobody_score, nobody_user = _v2_score_flow(client, "1999")
     assert carol_id != nobody_id
-    assert len(carol_id) == len(nobody_id)
+    assert len(carol_id) == len(nobody_id) == len(alice_id)
     assert _wire(carol_score) == _wire(nobody_score)
     assert carol_score.json()["score"] == 40.0
     assert _wire(carol_user)[:2] == _wire(nobody_user)[:2]

@@ -14,6 +14,7 @@ Adapters are pure: no I/O, no clock. The proxy does the calling.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import msgspec
@@ -69,6 +70,9 @@ class Adapter(Protocol):
     name: str
     #: Statuses and content type of the API's normal success answers.
     success_content_type: str
+    #: Id spaces where neutral answers carry ids the gateway issues, with the
+    #: (shortest, longest) length of real ids before any has been seen.
+    id_lengths: Mapping[str, tuple[int, int]]
 
     def match(self, method: str, path: str, query: list[tuple[str, str]]) -> RouteMatch | None:
         """Return the route and subjects, or ``None`` for a route this API lacks."""
@@ -90,9 +94,17 @@ class Adapter(Protocol):
         answer: UpstreamAnswer | None,
         neutral: set[Subject],
         score: float,
+        ids: Mapping[tuple[Subject, str], str] | None = None,
     ) -> UpstreamAnswer:
         """An answer in the API's success shape with ``score`` for each subject in
-        ``neutral``, merged into ``answer`` where it holds other subjects' data."""
+        ``neutral``, merged into ``answer`` where it holds other subjects' data.
+        ``ids`` are the neutral ids issued for them, by (subject, namespace)."""
+
+    def neutral_id_namespaces(self, template: str) -> tuple[str, ...]:
+        """Id spaces of the ids a neutral answer on ``template`` carries per subject."""
+
+    def identities(self, route: RouteMatch, answer: UpstreamAnswer) -> list[tuple[Subject, ...]]:
+        """Groups of identifiers a found answer shows to belong to one person."""
 
     def transform(
         self, route: RouteMatch, answer: UpstreamAnswer, redact: tuple[str, ...], coarsen: bool

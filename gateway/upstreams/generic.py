@@ -15,6 +15,7 @@ Kred's ``data: []`` for an unknown person is ``missing_path: data``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -41,6 +42,7 @@ class GenericAdapter:
         self.name = name
         self.config = config
         self.success_content_type = config.neutral_content_type
+        self.id_lengths: Mapping[str, tuple[int, int]] = {}
         kind, _, where = config.subject.partition(":")
         if kind not in ("query", "path") or not where:
             raise ValueError(f"subject must be query:NAME or path:INDEX, got {config.subject!r}")
@@ -127,6 +129,7 @@ class GenericAdapter:
         answer: UpstreamAnswer | None,
         neutral: set[Subject],
         score: float,
+        ids: Mapping[tuple[Subject, str], str] | None = None,
     ) -> UpstreamAnswer:
         body = self.config.neutral_body.replace("{score}", msgspec.json.encode(score).decode())
         return UpstreamAnswer(
@@ -149,6 +152,12 @@ class GenericAdapter:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 _set_path(doc, self.config.score_path, float(int(value // 10) * 10))
         return msgspec.structs.replace(answer, body=msgspec.json.encode(doc))
+
+    def neutral_id_namespaces(self, template: str) -> tuple[str, ...]:
+        return ()  # neutral answers carry no id the gateway makes up
+
+    def identities(self, route: RouteMatch, answer: UpstreamAnswer) -> list[tuple[Subject, ...]]:
+        return []  # a YAML-described API names no second identifier of a person
 
     def canonical(self, answer: UpstreamAnswer) -> UpstreamAnswer:
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -55,6 +56,13 @@ V1_ROUTES = {
     "/1/soi/influencer_of.json",
 }
 IDENTITY_NETWORKS = {"tw": "twitter_id", "gp": "google_id", "ig": "instagram_id"}
+REVERSE_NAMESPACES = {"tw": "twitter_id", "gp": "google_id"}
+# Id spaces in which neutral answers carry ids the gateway makes up (kloutIds of the
+# identity step, Twitter and Google+ ids of reverse lookups and v1 user objects),
+# and the length to give them until the gateway has seen real ones: real kloutIds
+# ran from 3 to 19 digits, most of them 18; Twitter ids of the time had 8 or 9
+# digits, Google+ ids 21. Once real ids pass, their lengths are used instead.
+ID_LENGTHS = {"klout_id": (18, 18), "twitter_id": (9, 9), "google_id": (21, 21)}
 USER_SUFFIXES = {"", "/score", "/topics", "/influence"}
 THROTTLE_CODES = {"ERR_403_DEVELOPER_OVER_QPS", "ERR_403_DEVELOPER_OVER_RATE"}
 
@@ -65,6 +73,8 @@ class KloutAdapter:
     """Klout v1 + v2. ``id_key`` keys the neutral kloutIds (from the data directory)."""
 
     success_content_type = CONTENT_TYPE
+    #: Id spaces where the gateway issues neutral ids, with default real lengths.
+    id_lengths: Mapping[str, tuple[int, int]] = ID_LENGTHS
 
     def __init__(self, name: str, id_key: bytes) -> None:
         self.name = name
@@ -214,7 +224,12 @@ class KloutAdapter:
         answer: UpstreamAnswer | None,
         neutral: set[Subject],
         score: float,
+        ids: Mapping[tuple[Subject, str], str] | None = None,
     ) -> UpstreamAnswer:
+        """``ids`` holds the neutral ids the identity graph issued, by (subject,
+        namespace) as :meth:`neutral_id_namespaces` asked; without it (adapter used
+        alone) ids are derived from ``id_key``."""
+        ids = ids or {}
         template = route.template
         if template in V1_ROUTES:
             doc = _json(answer.body) if answer is not None and answer.status == 200 else None
@@ -224,20 +239,27 @@ class KloutAdapter:
             users = []
             for subject in route.subjects:
                 if subject in neutral or subject.identifier not in existing:
-                    users.append(self._v1_neutral_user(template, subject, score))
+                    users.append(self._v1_neutral_user(template, subject, score, ids))
                 else:
                     users.append(existing[subject.identifier])
             return _ok({"status": 200, "users": users})
         subject = route.subjects[0]
-        return _ok(self._v2_neutral(template, subject, score))
+        return _ok(self._v2_neutral(template, subject, score, ids))
 
-    def _v1_neutral_user(self, template: str, subject: Subject, score: float) -> dict[str, Any]:
+    def _v1_neutral_user(
+        self,
+        template: str,
+        subject: Subject,
+        score: float,
+        ids: Mapping[tuple[Subject, str], str],
+    ) -> dict[str, Any]:
         name = subject.identifier
         if template == "/1/klout.json":
             return {"twitter_screen_name": name, "kscore": score}
         if template == "/1/users/show.json":
             return {
-                "twitter_id": self._neutral_numeric("twitter-id", subject, 9),
+                "twitter_id": ids.get((subject, "twitter_id"))
+                or self._neutral_numeric("twitter-id", subject, 9),
                 "twitter_screen_name": name,
                 "score": {
                     "kscore": score,
@@ -259,13 +281,20 @@ class KloutAdapter:
         key = "influencers" if template.endswith("influenced_by.json") else "influencees"
         return {"twitter_screen_name": name, key: []}
 
-    def _v2_neutral(self, template: str, subject: Subject, score: float) -> Any:
+    def _v2_neutral(
+        self, template: str, subject: Subject, score: float, ids: Mapping[tuple[Subject, str], str]
+    ) -> Any:
         deltas = {"dayChange": 0.0, "weekChange": 0.0, "monthChange": 0.0}
         if template.startswith("/v2/identity.json/klout/"):
             network = template.rsplit("/", 1)[1]
-            return {"id": self._neutral_numeric(f"{network}-id", subject, 9), "network": network}
+            issued = ids.get((subject, REVERSE_NAMESPACES[network]))
+            return {
+                "id": issued or self._neutral_numeric(f"{network}-id", subject, 9),
+                "network": network,
+            }
         if template.startswith("/v2/identity.json/"):
-            return {"id": self.neutral_klout_id(subject), "network": "ks"}
+            issued = ids.get((subject, "klout_id"))
+            return {"id": issued or self.neutral_klout_id(subject), "network": "ks"}
         klout_id = subject.identifier
         if template == "/v2/user.json/{kloutId}":
             return {
@@ -283,6 +312,61 @@ class KloutAdapter:
             "myInfluencersCount": 0,
             "myInfluenceesCount": 0,
         }
+
+    # -- people: who an answer shows to be one person --------------------------------
+
+    def neutral_id_namespaces(self, template: str) -> tuple[str, ...]:
+        """Id spaces of the ids a neutral answer on ``template`` carries per subject."""
+        if template.startswith("/v2/identity.json/klout/"):
+            return (REVERSE_NAMESPACES[template.rsplit("/", 1)[1]],)
+        if template.startswith("/v2/identity.json/"):
+            return ("klout_id",)
+        if template == "/1/users/show.json":
+            return ("twitter_id",)
+        return ()
+
+    def identities(self, route: RouteMatch, answer: UpstreamAnswer) -> list[tuple[Subject, ...]]:
+        """Groups of identifiers a found answer shows to belong to one person: the
+        identity step (asked id → kloutId), reverse lookups (kloutId → network id),
+        user objects (kloutId ↔ nick), v1 users (screen name ↔ Twitter id) and the
+        people inside influence lists. Only well-formed identifiers are taken."""
+        doc = _json(answer.body)
+        template = route.template
+        groups: list[tuple[Subject, ...]] = []
+        if template.startswith("/v2/identity.json/") and isinstance(doc, dict):
+            found = doc.get("id")
+            if template.startswith("/v2/identity.json/klout/"):
+                namespace = REVERSE_NAMESPACES[template.rsplit("/", 1)[1]]
+            else:
+                namespace = "klout_id"
+            other = _subject(namespace, found)
+            if other is not None:
+                groups.append((route.subjects[0], other))
+        elif template == "/v2/user.json/{kloutId}" and isinstance(doc, dict):
+            nick = _subject("twitter_screen_name", doc.get("nick"))
+            if nick is not None:
+                groups.append((route.subjects[0], nick))
+        elif template == "/v2/user.json/{kloutId}/influence" and isinstance(doc, dict):
+            for key in ("myInfluencers", "myInfluencees"):
+                for item in doc.get(key) or ():
+                    entity = item.get("entity") if isinstance(item, dict) else None
+                    if not isinstance(entity, dict):
+                        continue
+                    payload = entity.get("payload")
+                    nick = payload.get("nick") if isinstance(payload, dict) else None
+                    group = [_subject("klout_id", entity.get("id")),
+                             _subject("twitter_screen_name", nick)]  # fmt: skip
+                    people = tuple(g for g in group if g is not None)
+                    if len(people) == 2:
+                        groups.append(people)
+        elif template == "/1/users/show.json" and isinstance(doc, dict):
+            for user in doc.get("users") or ():
+                if isinstance(user, dict):
+                    name = _subject("twitter_screen_name", user.get("twitter_screen_name"))
+                    twitter = _subject("twitter_id", user.get("twitter_id"))
+                    if name is not None and twitter is not None:
+                        groups.append((name, twitter))
+        return groups
 
     # -- transforms ------------------------------------------------------------------
 
@@ -332,6 +416,17 @@ def _coarsen(node: Any) -> None:
     for value in node.values():
         if isinstance(value, (dict, list)):
             _coarsen(value)
+
+
+def _subject(namespace: str, value: Any) -> Subject | None:
+    """A subject from a value in an answer, if it has the shape of that id space."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    if namespace == "twitter_screen_name":
+        return Subject(namespace, value.lower()) if SCREEN_NAME.fullmatch(value) else None
+    return Subject(namespace, value) if NUMERIC_ID.fullmatch(value) else None
 
 
 def _screen_name(name: str) -> Subject:
