@@ -29,6 +29,8 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from gateway.audit.people import PersonCommitter
+
 KEY_FILE = "subject-hmac.key"
 SECRET_ENV = "GATEWAY_PSEUDONYM_SECRET"  # noqa: S105  # a variable's name, not a secret
 SECRET_FILE_ENV = "GATEWAY_PSEUDONYM_SECRET_FILE"  # noqa: S105  # likewise
@@ -66,6 +68,10 @@ class Pseudonymizer:
                 f"(got {len(secret.strip())})"
             )
         return cls(hmac.new(secret.strip(), b"score-gateway pseudonym key v1", "sha256").digest())
+
+    def committer(self) -> PersonCommitter:
+        """Opens and makes the commitments that name people in format-2 records."""
+        return PersonCommitter(self.derive(b"person-commitment-salt"))
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> Pseudonymizer:
