@@ -511,6 +511,8 @@ async def audit_subject(
     pseudonyms = subject_pseudonyms(config, state.pseudonyms, subject)
     store = state.store
     committer = state.pseudonyms.committer()
+    if state.identity is not None and pseudonyms:  # a person is the unit: every linked id
+        pseudonyms = await asyncio.to_thread(state.identity.store.expand, pseudonyms)
     entries = await asyncio.to_thread(
         lambda: (
             list(subject_records(store, pseudonyms, committer, upstream=upstream))

@@ -28,6 +28,7 @@ from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin import admin_router, health_handlers
+from gateway.admin_objections import objections_router
 from gateway.audit.graph import IdentityStore
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer, load_pseudonymizer
@@ -108,7 +109,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[proxy_mount, admin_router, *health_handlers],
+        route_handlers=[proxy_mount, admin_router, objections_router, *health_handlers],
         lifespan=[lifespan],
         state={"gateway": state},  # type: ignore[arg-type]
         exception_handlers={

@@ -45,13 +45,15 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
-from gateway.audit.store import META, StoreError
+from gateway.audit.store import META, SCHEMA_LOCK, StoreError
 
 KEY_CHECK = "pseudonym_key_check"
 
@@ -162,6 +164,8 @@ class IdentityStore:
     def create(self) -> None:
         try:
             with self._locked_connection() as conn, conn.begin():
+                if self._postgres:  # replicas starting together take turns (see store.py)
+                    conn.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
                 SQLModel.metadata.create_all(conn, tables=GRAPH_TABLES)
                 if conn.execute(select(GRAPH_HEAD.c.rev)).first() is None:
                     with contextlib.suppress(IntegrityError), conn.begin_nested():
@@ -271,6 +275,25 @@ class IdentityStore:
                 select(MEMBERS.c.person).where(MEMBERS.c.pseudonym == pseudonym)
             ).scalar_one_or_none()
             return [pseudonym] if person is None else self._members(conn, person)
+
+    def expand(self, pseudonyms: Sequence[str]) -> list[str]:
+        """``pseudonyms`` and every pseudonym linked to any of them (subject access)."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table(MEMBERS.name):
+                return list(pseudonyms)  # a log no gateway of this version wrote to yet
+            persons = list(
+                conn.execute(
+                    select(MEMBERS.c.person).where(MEMBERS.c.pseudonym.in_(list(pseudonyms)))
+                ).scalars()
+            )
+            linked: list[str] = []
+            if persons:
+                linked = list(
+                    conn.execute(
+                        select(MEMBERS.c.pseudonym).where(MEMBERS.c.person.in_(persons))
+                    ).scalars()
+                )
+            return list(dict.fromkeys([*pseudonyms, *linked]))
 
     # -- objections ------------------------------------------------------------------
 
