@@ -51,6 +51,7 @@ from gateway.proxy import Proxy
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
+from gateway.transport import AiohttpTransport
 
 log = logging.getLogger("gateway")
 
@@ -245,7 +246,7 @@ async def _start(
         audit=audit,
         backlog=backlog,
         limiter=limiter,
-        session=session,
+        transport=AiohttpTransport(session, settings.limits),
         pseudonyms=pseudonyms,
         client_keys=client_keys,
         id_key=id_key,

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import aiohttp
 from opentelemetry import trace
 
 from gateway.audit.pseudonym import Pseudonymizer
@@ -26,6 +25,7 @@ from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Upstream
 from gateway.settings import Settings
 from gateway.telemetry import Metrics
+from gateway.transport import Transport
 from gateway.upstreams.base import Adapter
 from gateway.upstreams.registry import build_adapter
 
@@ -143,7 +143,7 @@ class GatewayRuntime:
         audit: AuditSink,
         backlog: OutcomeSink,
         limiter: Limiter,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         pseudonyms: Pseudonymizer,
         client_keys: ClientKeys,
         id_key: bytes,
@@ -159,7 +159,7 @@ class GatewayRuntime:
         self.audit = audit
         self.backlog = backlog
         self.limiter = limiter
-        self.session = session
+        self.transport = transport
         self.pseudonyms = pseudonyms
         self.client_keys = client_keys
         self.metrics = metrics
