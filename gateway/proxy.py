@@ -268,19 +268,34 @@ class Proxy:
     async def _lookup(
         self, scope: _Scope, receive: _Receive, lookup: _Lookup, started: float
     ) -> tuple[UpstreamAnswer, list[tuple[bytes, bytes]]]:
-        """identify → decide → fetch → answer; raises ``GatewayError`` to refuse."""
+        """identify → decide → fetch → answer; raises ``GatewayError`` to refuse.
+
+        Every lookup, whether the vendor will see it or not, meets the same refusals
+        in the same order (:meth:`admit`), and every answer the vendor did not give
+        leaves when a vendor-bound one would have (:meth:`_wait_like_the_vendor`):
+        neither a refusal nor a delay tells an objected person from anyone else.
+        """
+        rt = self.rt
         request = self.identify(scope, lookup)
         plan = self.decide(request, lookup)
+        await self.admit(request, plan, lookup)
         if plan.forward is None:
-            answer, neutral = await self.answer_locally(request, plan, lookup, started)
+            answer, neutral = self.answer_locally(request, plan, lookup)
+            vendor_bound = False
         else:
             raw, cache_key = await self.fetch(request, plan, lookup, scope, receive, started)
+            vendor_bound = cache_key is not None or lookup.intent_committed
             answer, neutral = self.answer(request, plan, raw, lookup)
-            cache = self.rt.cache
-            if cache_key is not None and cache is not None and lookup.outcome in _CACHED:
-                cache.put(cache_key, raw)
+            if cache_key is not None and rt.cache is not None and lookup.outcome in _CACHED:
+                rt.cache.put(cache_key, raw)
         lookup.status = answer.status
         await self._audit("lookup", lookup.request_id or "", lookup, started)
+        if vendor_bound:
+            rt.answer_times.observe(
+                request.upstream.name, request.route.template, time.perf_counter() - started
+            )
+        else:
+            await self._wait_like_the_vendor(request, started)
         return answer, self._neutral_headers(request.policy) if neutral else []
 
     # -- 1. identify -------------------------------------------------------------------
@@ -403,6 +418,52 @@ class Proxy:
                 out.add(subject)
         return out
 
+    async def admit(self, request: Identified, plan: Plan, lookup: _Lookup) -> None:
+        """The refusals every lookup meets, vendor-bound, cached or answered here alike.
+
+        Vendor terms and limit rules count lookups, and an open circuit refuses
+        them, whether or not this one would reach the vendor: an objected person,
+        an id the gateway issued or a cached answer must not be the only 200
+        among 429s and 503s. A limiter that cannot be reached refuses every
+        lookup with a 503 the same way.
+        """
+        upstream = request.upstream
+        quotas = _quotas(upstream, request.client.id, plan.decision)
+        if quotas:
+            try:
+                wait = await self.rt.limiter.acquire(quotas)
+            # Any limiter failure (Redis down, a timeout, a script error) fails closed.
+            except Exception as exc:  # noqa: BLE001
+                self.rt.limiter_ok = False
+                log.error("the rate limiter is unavailable (%s)", type(exc).__name__)
+                raise ServiceUnavailable(
+                    "the gateway cannot check its rate limits; no lookup is served",
+                    code="limit.unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
+            self.rt.limiter_ok = True
+            if wait is not None:
+                lookup.decision = "deny"
+                lookup.error = "limit.exceeded"
+                retry = min(self.limits.max_retry_after, max(1, int(wait + 0.999)))
+                raise RateLimited(
+                    "the vendor's terms or a limit rule hold this client back; retry later",
+                    headers={"Retry-After": str(retry)},
+                    extra={"retry_after": retry},
+                )
+        if upstream.breaker.refusing():
+            raise _circuit_open(upstream)
+
+    async def _wait_like_the_vendor(self, request: Identified, started: float) -> None:
+        """Hold an answer the vendor never saw until a vendor-bound one would leave."""
+        if self.limits.timing_parity:
+            target = self.rt.answer_times.draw(request.upstream.name, request.route.template)
+        else:
+            target = self.limits.local_answer_delay * (0.75 + 0.5 * random.random())
+        remaining = target - (time.perf_counter() - started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
     # -- 3. fetch ----------------------------------------------------------------------
 
     async def fetch(
@@ -429,9 +490,6 @@ class Proxy:
                 lookup.detail = f"cache hit, {rt.cache.age(hit):.0f} s old"
                 return hit.answer, None
 
-        # Vendor terms and limit rules count calls to the upstream; cache hits
-        # and local answers make none.
-        await self._take_quota(request, plan.decision, lookup)
         await self._audit("lookup.intent", lookup.request_id or "", lookup, started)
         lookup.intent_committed = True
         upstream_started = time.perf_counter()
@@ -445,25 +503,9 @@ class Proxy:
                 span.set_attribute("http.response.status_code", raw.status)
         else:
             raw = await self._send(upstream, call)
-        upstream.observe_round_trip(time.perf_counter() - started)
         lookup.upstream_status = raw.status
         rt.metrics.upstream_latency(upstream.name, time.perf_counter() - upstream_started)
         return raw, cache_key
-
-    async def _take_quota(self, request: Identified, decision: Decision, lookup: _Lookup) -> None:
-        quotas = _quotas(request.upstream, request.client.id, decision)
-        if not quotas:
-            return
-        wait = await self.rt.limiter.acquire(quotas)
-        if wait is not None:
-            lookup.decision = "deny"
-            lookup.error = "limit.exceeded"
-            retry = min(self.limits.max_retry_after, max(1, int(wait + 0.999)))
-            raise RateLimited(
-                "the vendor's terms or a limit rule hold this client back; retry later",
-                headers={"Retry-After": str(retry)},
-                extra={"retry_after": retry},
-            )
 
     def _upstream_request(
         self,
@@ -494,11 +536,7 @@ class Proxy:
     async def _send(self, upstream: UpstreamRuntime, call: UpstreamRequest) -> UpstreamAnswer:
         """Ask the transport, within the breaker and the upstream's connection slots."""
         if not upstream.breaker.allow():
-            raise ServiceUnavailable(
-                "the upstream is failing; the gateway is not calling it for a moment",
-                code="upstream.circuit_open",
-                headers={"Retry-After": str(int(upstream.breaker.reset_after) or 1)},
-            )
+            raise _circuit_open(upstream)
         slots = upstream.slots
         if slots.locked():
             # Every connection to this upstream is busy: wait briefly, then say so
@@ -569,14 +607,12 @@ class Proxy:
             answer = upstream.adapter.canonical(raw)
         return self._transform(upstream, route, answer, final), bool(neutral)
 
-    async def answer_locally(
-        self, request: Identified, plan: Plan, lookup: _Lookup, started: float
+    def answer_locally(
+        self, request: Identified, plan: Plan, lookup: _Lookup
     ) -> tuple[UpstreamAnswer, bool]:
-        """The neutral answer for a lookup nobody outside the gateway may see."""
+        """The neutral answer for a lookup nobody outside the gateway may see:
+        everyone asked about is objected, or holds an id the gateway issued."""
         upstream = request.upstream
-        # Everyone asked about is answered here: objected, or a neutral id we issued.
-        # Wait about as long as a real round trip, so timing tells nothing.
-        await asyncio.sleep(upstream.typical_round_trip(random.random()))
         answer = upstream.adapter.neutral_answer(
             request.route, None, set(request.route.subjects), upstream.config.neutral.score
         )
@@ -741,6 +777,14 @@ def _denied(decision: Decision) -> PolicyDenied:
             "reason": rule.reason if rule is not None else None,
             "policy_version": decision.policy_version,
         },
+    )
+
+
+def _circuit_open(upstream: UpstreamRuntime) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the upstream is failing; the gateway is not calling it for a moment",
+        code="upstream.circuit_open",
+        headers={"Retry-After": str(int(upstream.breaker.reset_after) or 1)},
     )
 
 
