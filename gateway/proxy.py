@@ -104,6 +104,7 @@ class _Lookup:
         "error",
         "intent_committed",
         "outcome",
+        "people",
         "purpose",
         "request_id",
         "route",
@@ -132,6 +133,8 @@ class _Lookup:
         self.status: int | None = None
         self.error: str | None = None
         self.detail: str | None = None
+        # People inside the answer other than those asked: (role, their identifiers).
+        self.people: list[tuple[str, tuple[Subject, ...]]] = []
 
 
 class Identified(msgspec.Struct, frozen=True, kw_only=True):
@@ -344,6 +347,13 @@ class Proxy:
                 raise MethodNotAllowed(f"{method} is not supported here")
             raise NotFound("this API has no such route", code="route.unknown")
         lookup.route = route.template
+        if any(name not in route.params for name, _ in query):
+            # Never echo the parameter: its name or value may be an identifier.
+            declared = ", ".join(sorted(route.params)) or "none"
+            raise BadRequest(
+                f"this route takes only the query parameters it declares ({declared})",
+                code="request.unknown_parameter",
+            )
         pseudonyms = {s: rt.pseudonyms.pseudonym(s.namespace, s.identifier) for s in route.subjects}
         lookup.subjects = list(pseudonyms.values())
         return Identified(
@@ -605,7 +615,33 @@ class Proxy:
             lookup.decision = "neutralize"
         else:
             answer = upstream.adapter.canonical(raw)
+        answer = self._people_inside(request, answer, lookup)
         return self._transform(upstream, route, answer, final), bool(neutral)
+
+    def _people_inside(
+        self, request: Identified, answer: UpstreamAnswer, lookup: _Lookup
+    ) -> UpstreamAnswer:
+        """Check every person inside the answer like the person asked about.
+
+        Objected people are left out (counts kept consistent) or, if the policy
+        says so, neutralized in place; either way their score leaves nowhere."""
+        adapter = request.upstream.adapter
+        people = adapter.people(request.route, answer)
+        if not people:
+            return answer
+        asked = set(request.route.subjects)
+        withheld = [p for p in people if self.objected(request, p.subjects)]
+        for person in people:
+            if asked.isdisjoint(person.subjects):
+                role = "withheld" if person in withheld else "disclosed"
+                lookup.people.append((role, person.subjects))
+        if not withheld:
+            return answer
+        settings = request.policy.policy.settings
+        score = None
+        if settings.people_inside_answers == "neutralize":
+            score = request.upstream.config.neutral.score
+        return adapter.withhold(request.route, answer, withheld, score)
 
     def answer_locally(
         self, request: Identified, plan: Plan, lookup: _Lookup

@@ -30,6 +30,7 @@ import msgspec
 from gateway.policies.model import Outcome
 from gateway.upstreams.base import (
     Classification,
+    Embedded,
     InvalidSubject,
     RouteMatch,
     Subject,
@@ -59,6 +60,22 @@ USER_SUFFIXES = {"", "/score", "/topics", "/influence"}
 THROTTLE_CODES = {"ERR_403_DEVELOPER_OVER_QPS", "ERR_403_DEVELOPER_OVER_RATE"}
 
 _encode = msgspec.json.Encoder().encode
+# Query parameters each route declares (besides the key, which the gateway owns).
+# v2 lookups by path take none.
+_USERS = frozenset({"users"})
+# Where other people appear in an answer, per route: the list of entries, and the
+# field that counts them (kept equal to the list's length when someone is left out).
+_V2_PEOPLE = {
+    "/v2/user.json/{kloutId}/influence": (
+        ("myInfluencers", "myInfluencersCount"),
+        ("myInfluencees", "myInfluenceesCount"),
+    ),
+}
+_V1_PEOPLE = {
+    "/1/soi/influenced_by.json": "influencers",
+    "/1/soi/influencer_of.json": "influencees",
+}
+_SCREEN_NAME = frozenset({"screenName"})
 
 
 class KloutAdapter:
@@ -105,7 +122,7 @@ class KloutAdapter:
             subjects = tuple(_screen_name(n) for n in names)
             if len(set(subjects)) != len(subjects):
                 raise InvalidSubject("users= names a person twice")
-            return RouteMatch(template=path, subjects=subjects)
+            return RouteMatch(template=path, subjects=subjects, params=_USERS)
         if not path.startswith("/v2/"):
             return None
         parts = path[4:].split("/")
@@ -132,7 +149,9 @@ class KloutAdapter:
             if len(names) != 1:
                 raise InvalidSubject("identity.json/twitter takes exactly one screenName=")
             return RouteMatch(
-                template="/v2/identity.json/twitter", subjects=(_screen_name(names[0]),)
+                template="/v2/identity.json/twitter",
+                subjects=(_screen_name(names[0]),),
+                params=_SCREEN_NAME,
             )
         if len(parts) == 3 and parts[0] == "klout" and parts[2] in ("tw", "gp"):
             klout_id = parts[1]
@@ -284,6 +303,52 @@ class KloutAdapter:
             "myInfluenceesCount": 0,
         }
 
+    # -- people inside answers --------------------------------------------------------
+
+    def people(self, route: RouteMatch, answer: UpstreamAnswer) -> list[Embedded]:
+        template = route.template
+        if template not in _V2_PEOPLE and template not in _V1_PEOPLE:
+            return []
+        doc = _json(answer.body)
+        if not isinstance(doc, dict):
+            return []
+        found: list[Embedded] = []
+        if template in _V2_PEOPLE:
+            for list_name, _count in _V2_PEOPLE[template]:
+                for i, entry in enumerate(_list(doc.get(list_name))):
+                    found.append(Embedded(subjects=_v2_entity(entry), place=(list_name,), index=i))
+            return found
+        field = _V1_PEOPLE[template]
+        for u, user in enumerate(_list(doc.get("users"))):
+            entries = _list(user.get(field)) if isinstance(user, dict) else []
+            for i, entry in enumerate(entries):
+                name = entry.get("twitter_screen_name") if isinstance(entry, dict) else None
+                subjects = (Subject("twitter_screen_name", name.lower()),) if name else ()
+                found.append(Embedded(subjects=subjects, place=("users", u, field), index=i))
+        return found
+
+    def withhold(
+        self,
+        route: RouteMatch,
+        answer: UpstreamAnswer,
+        people: list[Embedded],
+        neutral_score: float | None,
+    ) -> UpstreamAnswer:
+        doc = _json(answer.body)
+        # Right to left, so earlier indexes stay valid while entries are removed.
+        for person in sorted(people, key=lambda p: (p.place, -p.index)):
+            entries = _at(doc, person.place)
+            if not isinstance(entries, list) or person.index >= len(entries):
+                continue
+            if neutral_score is None:
+                del entries[person.index]
+            else:
+                entries[person.index] = _neutral_entry(entries[person.index], neutral_score)
+        for list_name, count in _V2_PEOPLE.get(route.template, ()):
+            if isinstance(doc, dict) and count in doc and isinstance(doc.get(list_name), list):
+                doc[count] = len(doc[list_name])
+        return _ok(doc, status=answer.status)
+
     # -- transforms ------------------------------------------------------------------
 
     def transform(
@@ -303,6 +368,58 @@ class KloutAdapter:
         so formatting never tells a real answer from a neutral one."""
         doc = _json(answer.body)
         return answer if doc is None else _ok(doc, status=answer.status)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _at(doc: Any, place: tuple[str | int, ...]) -> Any:
+    node = doc
+    for step in place:
+        if isinstance(step, int) and isinstance(node, list) and step < len(node):
+            node = node[step]
+        elif isinstance(step, str) and isinstance(node, dict):
+            node = node.get(step)
+        else:
+            return None
+    return node
+
+
+def _v2_entity(entry: Any) -> tuple[Subject, ...]:
+    """The identifiers a v2 influence entry shows: its kloutId and its nick."""
+    entity = entry.get("entity") if isinstance(entry, dict) else None
+    if not isinstance(entity, dict):
+        return ()
+    subjects: list[Subject] = []
+    if isinstance(entity.get("id"), str):
+        subjects.append(Subject("klout_id", entity["id"]))
+    payload = entity.get("payload")
+    if isinstance(payload, dict):
+        nick = payload.get("nick")
+        if isinstance(nick, str):
+            subjects.append(Subject("twitter_screen_name", nick.lower()))
+        if isinstance(payload.get("kloutId"), str) and payload["kloutId"] != entity.get("id"):
+            subjects.append(Subject("klout_id", payload["kloutId"]))
+    return tuple(subjects)
+
+
+def _neutral_entry(entry: Any, score: float) -> Any:
+    """The entry with the neutral score and no movement: same fields, same types."""
+    if not isinstance(entry, dict):
+        return entry
+    if "kscore" in entry:
+        return {**entry, "kscore": score}
+    entity = entry.get("entity")
+    payload = entity.get("payload") if isinstance(entity, dict) else None
+    if isinstance(entity, dict) and isinstance(payload, dict):
+        payload = dict(payload)
+        if isinstance(payload.get("score"), dict):
+            payload["score"] = {**payload["score"], "score": score, "bucket": bucket_of(score)}
+        if isinstance(payload.get("scoreDeltas"), dict):
+            payload["scoreDeltas"] = {k: 0.0 for k in payload["scoreDeltas"]}
+        return {**entry, "entity": {**entity, "payload": payload}}
+    return entry
 
 
 def _coarsen(node: Any) -> None:
