@@ -123,6 +123,9 @@ class GenericAdapter(_Model, frozen=True, kw_only=True):
     # Where people appear in answers; with it, a batch answer carries an entry for
     # every person asked, in the order asked, neutral where there is no score.
     people: GenericPeople | None = None
+    # Semantic fields a rule may redact by meaning, each mapped to every dotted
+    # path that carries it in this API's answers: ``score_trend: [data.*.trend]``.
+    semantic_fields: dict[str, list[str]] = {}
     # The JSON type of scores in real answers: a neutral score is written the same way.
     score_type: Literal["number", "integer"] = "number"
 
@@ -172,6 +175,8 @@ class Rule(_Model, frozen=True, kw_only=True):
     source: str
     when: When = When()
     action: ActionName
+    # For ``redact``: semantic fields (``score_trend``), which each upstream's
+    # adapter maps to every place its answers carry them, or dotted paths.
     fields: list[str] | None = None
     limit: Limit | None = None
 

@@ -227,8 +227,10 @@ class GenericAdapter:
             doc: Any = msgspec.json.decode(answer.body)
         except msgspec.DecodeError:
             return answer
-        for path in redact:
-            redact_path(doc, path)
+        semantic = self.config.semantic_fields
+        for field in redact:
+            for path in semantic.get(field, [field]):
+                redact_path(doc, path)
         if coarsen:
             value = get_path(doc, self.config.score_path)
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -71,6 +71,31 @@ _V2_PEOPLE = {
         ("myInfluencees", "myInfluenceesCount"),
     ),
 }
+# Semantic fields: what a rule may redact by meaning, and every place Klout's
+# answers carry it, nested people included. A rule's field that is not listed
+# here is a dotted path (``score.scoreDelta``).
+SEMANTIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "score_trend": (
+        "users.*.score.slope",
+        "users.*.score.delta_1day",
+        "users.*.score.delta_5day",
+        "scoreDelta",
+        "scoreDeltas",
+        "score.scoreDelta",
+        "myInfluencers.*.entity.payload.scoreDeltas",
+        "myInfluencees.*.entity.payload.scoreDeltas",
+    ),
+    "score_class": (
+        "users.*.score.kclass_id",
+        "users.*.score.kclass",
+        "users.*.score.kclass_description",
+    ),
+    "reach": (
+        "users.*.score.true_reach",
+        "users.*.score.network_score",
+        "users.*.score.amplification_score",
+    ),
+}
 _V1_PEOPLE = {
     "/1/soi/influenced_by.json": "influencers",
     "/1/soi/influencer_of.json": "influencees",
@@ -359,8 +384,9 @@ class KloutAdapter:
             return answer
         if coarsen:
             _coarsen(doc)
-        for path in redact:
-            redact_path(doc, path)
+        for field in redact:
+            for path in SEMANTIC_FIELDS.get(field, (field,)):
+                redact_path(doc, path)
         return _ok(doc, status=answer.status)
 
     def canonical(self, answer: UpstreamAnswer) -> UpstreamAnswer:
