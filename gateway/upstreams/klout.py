@@ -96,6 +96,16 @@ SEMANTIC_FIELDS: dict[str, tuple[str, ...]] = {
         "users.*.score.amplification_score",
     ),
 }
+# Klout classes (id, name) a neutral v1 user may be shown with; the two the
+# simulator's people have, and the other common mid-range ones.
+_KCLASSES = (
+    (1, "Observer"),
+    (2, "Dabbler"),
+    (5, "Conversationalist"),
+    (9, "Explorer"),
+    (10, "Socializer"),
+    (13, "Networker"),
+)
 _V1_PEOPLE = {
     "/1/soi/influenced_by.json": "influencers",
     "/1/soi/influencer_of.json": "influencees",
@@ -283,25 +293,42 @@ class KloutAdapter:
             return {
                 "twitter_id": self._neutral_numeric("twitter-id", subject, 9),
                 "twitter_screen_name": name,
-                "score": {
-                    "kscore": score,
-                    "slope": 0.0,
-                    "description": "",
-                    "kclass_id": 1,
-                    "kclass": "Observer",
-                    "kclass_description": "",
-                    "kscore_description": "",
-                    "network_score": score,
-                    "amplification_score": score,
-                    "true_reach": 0,
-                    "delta_1day": 0.0,
-                    "delta_5day": 0.0,
-                },
+                "score": self._v1_neutral_score(subject, score),
             }
         if template == "/1/users/topics.json":
             return {"twitter_screen_name": name, "topics": []}
         key = "influencers" if template.endswith("influenced_by.json") else "influencees"
         return {"twitter_screen_name": name, key: []}
+
+    def _v1_neutral_score(self, subject: Subject, score: float) -> dict[str, Any]:
+        """A v1 score object for someone without a score: the neutral score, and for
+        the other fields what a real person with that score could have, drawn per
+        person (keyed, so one person always gets the same) rather than one constant
+        set that would mark every neutral answer. Trends are centred on zero, so on
+        average a neutral person neither rises nor falls in anyone's ranking."""
+        draw = self._draws(subject)
+        kclass_id, kclass = _KCLASSES[int(draw[0] * len(_KCLASSES))]
+        day = round((draw[1] - 0.5) * 0.4, 2)
+        return {
+            "kscore": score,
+            "slope": day,
+            "description": "",
+            "kclass_id": kclass_id,
+            "kclass": kclass,
+            "kclass_description": "",
+            "kscore_description": "",
+            "network_score": round(score * (0.9 + 0.2 * draw[2]), 1),
+            "amplification_score": round(score * (0.2 + 0.6 * draw[3]), 1),
+            "true_reach": int(10 ** (1.5 + 2.0 * draw[4])),
+            "delta_1day": day,
+            "delta_5day": round(day * 3 + (draw[5] - 0.5) * 0.4, 2),
+        }
+
+    def _draws(self, subject: Subject) -> list[float]:
+        """Six numbers in [0, 1) fixed for this subject under the gateway's key."""
+        message = f"{subject.namespace}:{subject.identifier}".encode()
+        mac = hmac.new(self._id_key, b"neutral-fields\x00" + message, hashlib.sha256).digest()
+        return [int.from_bytes(mac[i : i + 4], "big") / 2**32 for i in range(0, 24, 4)]
 
     def _v2_neutral(self, template: str, subject: Subject, score: float) -> Any:
         deltas = {"dayChange": 0.0, "weekChange": 0.0, "monthChange": 0.0}
@@ -314,6 +341,9 @@ class KloutAdapter:
         if template == "/v2/user.json/{kloutId}":
             return {
                 "kloutId": klout_id,
+                # The gateway keeps no names in clear, so it cannot say whose id this
+                # is: an empty nick (README, "Residual differences").
+                "nick": "",
                 "score": {"score": score, "bucket": bucket_of(score)},
                 "scoreDeltas": deltas,
             }
