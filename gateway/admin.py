@@ -142,6 +142,7 @@ class Readiness(msgspec.Struct):
     audit: bool
     keys: bool
     policy_version: str | None = None
+    limiter: bool = True
 
 
 @get("/healthz", summary="Liveness", tags=["health"], middleware=[request_id_middleware])
@@ -157,14 +158,20 @@ async def healthz() -> Health:
     middleware=[request_id_middleware],
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
-    """Ready when the policy is loaded, the signing keys are usable and the audit
-    store takes records; 503 otherwise (the proxy would fail closed anyway)."""
+    """Ready when the policy is loaded, the signing keys are usable, the audit
+    store takes records and the rate limiter answers; 503 otherwise (the proxy
+    would fail closed anyway)."""
     state = gateway_state(request)
     policy_ok = state.policy is not None and state.policy.current is not None
     audit_ok = state.audit is not None and state.audit.healthy()
     keys_ok = state.keyring is not None
+    runtime = state.runtime
+    if runtime is not None and not runtime.limiter_ok:
+        runtime.limiter_ok = await runtime.limiter.ping()
+    limiter_ok = runtime is None or runtime.limiter_ok
     body = Readiness(
-        ready=policy_ok and audit_ok and keys_ok,
+        ready=policy_ok and audit_ok and keys_ok and limiter_ok,
+        limiter=limiter_ok,
         policy=policy_ok,
         audit=audit_ok,
         keys=keys_ok,

@@ -54,6 +54,7 @@ from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
+from gateway.transport import AiohttpTransport
 
 log = logging.getLogger("gateway")
 
@@ -264,7 +265,7 @@ async def _start(
         audit=audit,
         backlog=backlog,
         limiter=limiter,
-        session=session,
+        transport=AiohttpTransport(session, settings.limits),
         pseudonyms=pseudonyms,
         request_ids=state.request_ids,
         client_keys=client_keys,

@@ -26,9 +26,13 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     read_timeout: float = 5.0
     total_timeout: float = 8.0
     max_retry_after: int = 60
-    # A locally answered (objected, neutral-id) lookup waits about as long as an
-    # upstream round trip, so timing does not tell objectors apart.
+    # Answers that never reach the vendor (objected people, gateway-issued ids,
+    # cache hits) wait as long as a vendor-bound answer of the same route took,
+    # drawn from recent ones; this is the guess used before any were measured.
     local_answer_delay: float = 0.02
+    # Off only to measure what timing parity is worth (bench/, the KS test's
+    # negative control): local answers then wait local_answer_delay +-25%.
+    timing_parity: bool = True
     upstream_connections: int = 100
     # How long a lookup waits for a free upstream connection before 503 upstream.busy.
     pool_timeout: float = 0.25

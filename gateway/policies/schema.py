@@ -80,7 +80,8 @@ _HELP: dict[str, dict[str, str]] = {
         "source": "The law or terms clause, with a link.",
         "when": "Conditions; all given must hold. Leave out to apply to every lookup.",
         "action": "deny, neutralize, redact (needs fields), coarsen, or limit (needs limit).",
-        "fields": "For redact: the answer fields to remove (dotted paths).",
+        "fields": "For redact: what to remove, by meaning (score_trend, score_class, "
+        "reach: every place the API carries it) or as dotted paths.",
         "limit": "For limit: calls per second and/or per day.",
     },
     "When": {
@@ -103,6 +104,13 @@ _HELP: dict[str, dict[str, str]] = {
     "Settings": {
         "reveal_neutralized": "Whether callers may learn an answer was neutral. Keep false.",
         "default_decision": "What happens to lookups the policy cannot judge: deny.",
+        "people_inside_answers": "An objected person inside someone else's answer: "
+        "leave_out (counts kept consistent) or neutralize in place.",
+    },
+    "GenericPeople": {
+        "list": "Dotted path of the list of entries, one per person (Kred: data).",
+        "identifier": "Field of an entry holding the identifier asked (Kred: name).",
+        "neutral_entry": "A real entry's fields in order, with {score} and {subject}.",
     },
 }
 

@@ -45,6 +45,21 @@ class RouteMatch(msgspec.Struct, frozen=True, kw_only=True):
     # Subjects the gateway can answer without the upstream (e.g. a neutral id it
     # issued earlier in a two-step flow).
     local_subjects: tuple[Subject, ...] = ()
+    # The query parameters this route declares. Any other is refused
+    # (``request.unknown_parameter``) and never forwarded: an undeclared parameter
+    # could carry an identifier past the objection check.
+    params: frozenset[str] = frozenset()
+
+
+class Embedded(msgspec.Struct, frozen=True, kw_only=True):
+    """A person inside an answer who was not (necessarily) the one asked about:
+    an influencer, an soi entry, a batch entry. ``subjects`` are every identifier
+    the answer shows for them; ``place`` is the list holding the entry and the
+    entry's index in it, so it can be left out or neutralized."""
+
+    subjects: tuple[Subject, ...]
+    place: tuple[str | int, ...]
+    index: int
 
 
 class UpstreamAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,6 +120,19 @@ class Adapter(Protocol):
 
     def identities(self, route: RouteMatch, answer: UpstreamAnswer) -> list[tuple[Subject, ...]]:
         """Groups of identifiers a found answer shows to belong to one person."""
+
+    def people(self, route: RouteMatch, answer: UpstreamAnswer) -> list[Embedded]:
+        """Every person inside ``answer``, where the route declares people appear."""
+
+    def withhold(
+        self,
+        route: RouteMatch,
+        answer: UpstreamAnswer,
+        people: list[Embedded],
+        neutral_score: float | None,
+    ) -> UpstreamAnswer:
+        """``answer`` without ``people``: left out with counts kept consistent
+        (``neutral_score`` ``None``), or neutralized in place with that score."""
 
     def transform(
         self, route: RouteMatch, answer: UpstreamAnswer, redact: tuple[str, ...], coarsen: bool
