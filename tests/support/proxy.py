@@ -86,8 +86,9 @@ class ProxyRig:
         )
 
     def records(self) -> list[AuditRecord]:
-        """Every record the lookups so far committed, in log order."""
-        return [decode_record(row.body) for row in self.store.iter_records(0, self.audit.size)]
+        """Every record the lookups so far committed, in log order (all format 2)."""
+        records = [decode_record(r.body) for r in self.store.iter_records(0, self.audit.size)]
+        return [r for r in records if isinstance(r, AuditRecord)]
 
 
 @contextlib.asynccontextmanager
