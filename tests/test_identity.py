@@ -7,7 +7,9 @@ reached the vendor.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from gateway.audit.graph import IdentityStore
 from gateway.audit.pseudonym import Pseudonymizer
+from gateway.identity import IdentityGraph
 from tests.support.gateway import SHIPPED_POLICY, RunningGateway, running_gateway
 
 CRM = {"key": "demo-crm-key"}
@@ -211,3 +214,85 @@ def test_the_policy_files_objection_list_still_counts_and_follows_links(tmp_path
     assert score.json()["score"] == NEUTRAL_SCORE
     assert again.json()["id"] != "5002"
     assert _received_since(gw, mark) == []
+
+
+# -- the graph alone, on a real SQLite store ----------------------------------------------
+
+
+def _graph_pair(tmp_path: Path) -> tuple[IdentityStore, Pseudonymizer]:
+    from gateway.audit.store import AuditStore
+
+    store = AuditStore.open(data_dir=tmp_path)
+    graph = IdentityStore(store.engine)
+    graph.create()
+    return graph, Pseudonymizer(b"s" * 32)
+
+
+def test_two_replicas_issue_the_same_neutral_id_shaped_like_the_real_ones(tmp_path: Path) -> None:
+    """Replicas sharing a store and a key give a person one neutral id, with the
+    length real ids had; no issued id is one that was forwarded."""
+    store, pseudonyms = _graph_pair(tmp_path)
+    for real in ("5001", "5002", "5003"):
+        store.claim_real(pseudonyms.pseudonym("klout_id", real), "klout_id", len(real))
+    owner = pseudonyms.pseudonym("twitter_id", "1999")
+
+    async def run() -> tuple[str, str]:
+        a, b = IdentityGraph(store, pseudonyms), IdentityGraph(store, pseudonyms)
+        await a.start()
+        await b.start()
+        try:
+            first = await a.neutral_id("klout_id", owner, (18, 18))
+            await b.refresh()
+            issued = pseudonyms.pseudonym("klout_id", first)
+            assert b.is_issued_known(issued) is True
+            return first, await b.neutral_id("klout_id", owner, (18, 18))
+        finally:
+            await a.close()
+            await b.close()
+
+    first, second = asyncio.run(run())
+    assert first == second
+    assert len(first) == 4
+    assert first not in ("5001", "5002", "5003")
+
+
+def test_neutral_id_digits_are_uniform(tmp_path: Path) -> None:
+    """No digit is likelier than another (a biased digit would mark neutral ids)."""
+    store, pseudonyms = _graph_pair(tmp_path)
+    graph = IdentityGraph(store, pseudonyms)
+    counts = Counter(
+        digit for n in range(3000) for digit in graph._value(f"owner-{n}", "klout_id", 0, 5)[1:]
+    )
+    assert set(counts) == set("0123456789")
+    assert max(counts.values()) - min(counts.values()) < 250  # 1200 each; sd about 33
+    leading = Counter(graph._value(f"owner-{n}", "klout_id", 0, 5)[0] for n in range(2700))
+    assert set(leading) == set("123456789")
+
+
+def test_a_link_to_an_objected_person_objects_at_once_and_the_policy_list_expands(
+    tmp_path: Path,
+) -> None:
+    """Linking a new identifier to an objected person objects it on this replica
+    before the link is even stored; the policy file's list covers linked ids too."""
+    store, pseudonyms = _graph_pair(tmp_path)
+    p = [pseudonyms.pseudonym("twitter_id", str(n)) for n in range(1, 6)]
+    store.object([p[0]], time="2026-12-01T20:00:00.000000Z", actor="test")
+    store.link([p[3], p[4]])
+
+    async def run() -> None:
+        graph = IdentityGraph(store, pseudonyms, static_objections=lambda: frozenset({p[3]}))
+        await graph.start()
+        try:
+            assert graph.is_objected(p[0])
+            assert not graph.is_objected(p[1])
+            assert graph.learn([[p[0], p[1]], [p[2]]]) == [True, False]
+            assert graph.is_objected(p[1])  # before the link reaches the store
+            assert not graph.is_objected(p[2])
+            assert graph.is_objected(p[4])  # linked to a policy-file objection
+            await graph.flush()
+            assert p[1] in store.members_of(p[0])
+            assert graph.is_objected(p[1])
+        finally:
+            await graph.close()
+
+    asyncio.run(run())
