@@ -9,6 +9,7 @@ request about him may reach the vendor.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,7 +43,17 @@ TARGETS = [
 ]
 # His score, his numbers and his ids as JSON strings (a neutral 18-digit id may
 # contain "5002" by chance; it never equals it).
-BOB_MARKS = ["23.4", "24.1", "bob_example", '"5002"', '"1002"', '"3002"', "Coffee", "Jazz"]
+BOB_MARKS = [
+    '"kscore":23.4',
+    '"score":23.4',
+    '"network_score":24.1',
+    "bob_example",
+    '"5002"',
+    '"1002"',
+    '"3002"',
+    "Coffee",
+    "Jazz",
+]
 
 
 def test_an_objected_persons_score_appears_nowhere_in_any_answer(tmp_path: Path) -> None:
@@ -138,3 +149,43 @@ def test_an_objection_under_an_identifier_the_answer_shows_withholds_the_entry(
         r = c.get("/klout/v2/user.json/5001/influence", params=CRM)
         assert "23.4" not in r.text
         assert "bob_example" not in r.text
+
+
+ADMIN = {"Authorization": "Bearer demo-admin-token"}
+
+
+def _subject_records(c: httpx.Client, identifier: str, request_id: str) -> list[Any]:
+    r = c.get(
+        "/admin/audit/subject", params={"upstream": "klout", "subject": identifier}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
+    return [rec for rec in r.json()["records"] if rec["record"]["request_id"] == request_id]
+
+
+@pytest.mark.parametrize("identifier", ["5002", "bob_example"])
+def test_subject_access_finds_answers_that_disclosed_the_person(
+    client: httpx.Client, identifier: str
+) -> None:
+    """bob shown in alice's influence list: his subject access finds that answer, whose
+    record names him as disclosed (a commitment, never his pseudonym or name)."""
+    r = client.get("/klout/v2/user.json/5001/influence", params=CRM)
+    (entry,) = _subject_records(client, identifier, r.headers["x-request-id"])
+    record = entry["record"]
+    assert record["kind"] == "lookup"  # the outcome; the intent named alice only
+    roles = [p.get("r", "asked") for p in record["people"]]
+    assert roles[0] == "asked"
+    assert "disclosed" in roles
+    assert "bob_example" not in str(record)
+
+
+def test_subject_access_finds_answers_that_withheld_the_person(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    policy = policy_with_objections(tmp_path / "policies.yaml", data_dir, BOB)
+    with running_gateway(data_dir, policies=policy) as gw, httpx.Client(base_url=gw.url) as c:
+        r = c.get("/klout/1/soi/influenced_by.json", params={**CRM, "users": "alice_example"})
+        (entry,) = _subject_records(c, "bob_example", r.headers["x-request-id"])
+        people = entry["record"]["people"]
+        assert [(p.get("r", "asked"), p["o"]) for p in people] == [
+            ("asked", "found"),
+            ("withheld", "objected"),
+        ]
