@@ -63,13 +63,15 @@ def test_identify_names_client_purpose_route_and_subjects(tmp_path: Path) -> Non
 
 
 def test_decide_plans_a_local_answer_for_an_issued_id(tmp_path: Path) -> None:
-    """decide() sends nothing upstream for a kloutId the gateway issued itself."""
+    """decide() sends nothing upstream for a kloutId the gateway issued itself
+    (settle_ids() recognises it from the store, on any replica)."""
 
     async def check(rig: ProxyRig) -> None:
         issued = (await rig.get("/klout/v2/identity.json/tw/1999", CRM)).body
         klout_id = msgspec.json.decode(issued)["id"]
         lookup = _Lookup()
-        request = rig.proxy.identify(_scope(f"/klout/v2/user.json/{klout_id}/score", CRM), lookup)
+        scope = _scope(f"/klout/v2/user.json/{klout_id}/score", CRM)
+        request = await rig.proxy.settle_ids(rig.proxy.identify(scope, lookup))
         plan = rig.proxy.decide(request, lookup)
         assert plan.forward is None
         assert plan.local_outcome == "missing"
