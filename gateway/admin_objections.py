@@ -10,10 +10,12 @@ answer, log line or record carries them.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from litestar import Request, Router, delete, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import RawBody
 
 from gateway.admin import (
@@ -36,6 +38,39 @@ MAX_SUBJECTS = 32
 class ObjectionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     upstream: str
     subjects: list[str]
+
+
+@dataclass
+class ObjectionOperation(Operation):
+    """Documents the JSON body that the handlers decode themselves (strictly)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            content={
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["upstream", "subjects"],
+                        additional_properties=False,
+                        properties={
+                            "upstream": Schema(
+                                type=OpenAPIType.STRING,
+                                description="an upstream name of the policy, e.g. klout",
+                            ),
+                            "subjects": Schema(
+                                type=OpenAPIType.ARRAY,
+                                min_items=1,
+                                max_items=MAX_SUBJECTS,
+                                items=Schema(type=OpenAPIType.STRING, max_length=256),
+                                description="identifiers of one person there; "
+                                "NAMESPACE:ID (twitter_id:1002) narrows a bare number",
+                            ),
+                        },
+                    )
+                )
+            },
+        )
 
 
 class ObjectionAdded(msgspec.Struct, kw_only=True):
@@ -98,7 +133,12 @@ def _resolve(request: Request[Any, Any, Any], body: bytes) -> tuple[str, tuple[s
     operation_id="addObjection",
     status_code=201,
     request_max_body_size=16 * 1024,
-    responses={**ADMIN_ERRORS, 404: _problem("No such upstream (upstream.unknown)")},
+    operation_class=ObjectionOperation,
+    responses={
+        **ADMIN_ERRORS,
+        404: _problem("No such upstream (upstream.unknown)"),
+        503: _problem("The store cannot take the objection (audit.unavailable)"),
+    },
 )
 async def add_objection(request: Request[Any, Any, Any], body: RawBody) -> ObjectionAdded:
     """Body ``{"upstream": "klout", "subjects": ["bob_example", "twitter_id:1002"]}``:
@@ -161,7 +201,12 @@ async def list_objections(request: Request[Any, Any, Any]) -> ObjectionList:
     operation_id="removeObjection",
     status_code=200,
     request_max_body_size=16 * 1024,
-    responses={**ADMIN_ERRORS, 404: _problem("No such upstream (upstream.unknown)")},
+    operation_class=ObjectionOperation,
+    responses={
+        **ADMIN_ERRORS,
+        404: _problem("No such upstream (upstream.unknown)"),
+        503: _problem("The store cannot take the change (audit.unavailable)"),
+    },
 )
 async def remove_objection(request: Request[Any, Any, Any], body: RawBody) -> ObjectionRemoved:
     """Same body as ``POST``; any one identifier of the person will do. The links
