@@ -33,6 +33,9 @@ from gateway.errors import AuditUnavailable, BadRequest, NotFound, ServiceUnavai
 from gateway.objections import ObjectionError, Recorder, add, pseudonyms_of, remove, short
 
 MAX_SUBJECTS = 32
+# Admin roles (design: auditor, policy, operator): objections are policy work; the
+# admin guard that reads this (branch adminops) also lets operators in.
+ROLE = {"admin_act": "objections", "admin_role": "policy"}
 
 
 class ObjectionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -131,6 +134,7 @@ def _resolve(request: Request[Any, Any, Any], body: bytes) -> tuple[str, tuple[s
     "/objections",
     summary="Object one person (GDPR Art. 21)",
     operation_id="addObjection",
+    opt=ROLE,
     status_code=201,
     request_max_body_size=16 * 1024,
     operation_class=ObjectionOperation,
@@ -170,6 +174,7 @@ async def add_objection(request: Request[Any, Any, Any], body: RawBody) -> Objec
     "/objections",
     summary="Objected people",
     operation_id="listObjections",
+    opt=ROLE,
     responses=ADMIN_ERRORS,
 )
 async def list_objections(request: Request[Any, Any, Any]) -> ObjectionList:
@@ -199,6 +204,7 @@ async def list_objections(request: Request[Any, Any, Any]) -> ObjectionList:
     "/objections",
     summary="Withdraw a person's objection",
     operation_id="removeObjection",
+    opt=ROLE,
     status_code=200,
     request_max_body_size=16 * 1024,
     operation_class=ObjectionOperation,
