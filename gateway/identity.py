@@ -84,6 +84,7 @@ class IdentityGraph:
         self._static_expanded: frozenset[str] = frozenset()
         self._issued: dict[str, str] = {}
         self._known: OrderedDict[str, bool] = OrderedDict()  # pseudonym -> issued?
+        self._claiming: set[str] = set()  # real ids seen in answers, claim queued
         self._values: dict[tuple[str, str], str] = {}
         self._lengths: dict[str, dict[int, int]] = {}
         self._lengths_at = 0.0
@@ -187,7 +188,11 @@ class IdentityGraph:
             while True:
                 try:
                     if namespace:
-                        await asyncio.to_thread(self.store.claim_real, group[0], namespace, length)
+                        kind = await asyncio.to_thread(
+                            self.store.claim_real, group[0], namespace, length
+                        )
+                        self._remember(group[0], kind == "issued")
+                        self._claiming.discard(group[0])
                     else:
                         await asyncio.to_thread(self.store.link, group)
                     break
@@ -285,10 +290,11 @@ class IdentityGraph:
         """An upstream answer named this id: claim it as real in the store (so it is
         never issued) and learn its length. It stays unsettled on this replica
         until the claim is read back, so no request forwards it on a guess."""
-        if pseudonym in self._issued or pseudonym in self._known:
+        if pseudonym in self._issued or pseudonym in self._known or pseudonym in self._claiming:
             return
         counts = self._lengths.setdefault(namespace, {})
         counts[length] = counts.get(length, 0) + 1
+        self._claiming.add(pseudonym)
         self._enqueue((pseudonym,), namespace, length)
 
     def _remember(self, pseudonym: str, issued: bool) -> None:

@@ -63,6 +63,10 @@ REVERSE_NAMESPACES = {"tw": "twitter_id", "gp": "google_id"}
 # and the length to give them until the gateway has seen real ones: real kloutIds
 # ran from 3 to 19 digits, most of them 18; Twitter ids of the time had 8 or 9
 # digits, Google+ ids 21. Once real ids pass, their lengths are used instead.
+# Routes whose answers can show two identifiers of one person (besides identity.json).
+_LINKING_TEMPLATES = frozenset(
+    {"/v2/user.json/{kloutId}", "/v2/user.json/{kloutId}/influence", "/1/users/show.json"}
+)
 ID_LENGTHS = {"klout_id": (18, 18), "twitter_id": (9, 9), "google_id": (21, 21)}
 USER_SUFFIXES = {"", "/score", "/topics", "/influence"}
 THROTTLE_CODES = {"ERR_403_DEVELOPER_OVER_QPS", "ERR_403_DEVELOPER_OVER_RATE"}
@@ -404,8 +408,10 @@ class KloutAdapter:
         identity step (asked id → kloutId), reverse lookups (kloutId → network id),
         user objects (kloutId ↔ nick), v1 users (screen name ↔ Twitter id) and the
         people inside influence lists. Only well-formed identifiers are taken."""
-        doc = _json(answer.body)
         template = route.template
+        if not template.startswith("/v2/identity.json/") and template not in _LINKING_TEMPLATES:
+            return []  # scores and topics name nobody else: no second decode
+        doc = _json(answer.body)
         groups: list[tuple[Subject, ...]] = []
         if template.startswith("/v2/identity.json/") and isinstance(doc, dict):
             found = doc.get("id")
