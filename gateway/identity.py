@@ -308,10 +308,15 @@ class IdentityGraph:
     ) -> str:
         """The neutral id in ``namespace`` of the person holding pseudonym ``owner``:
         the same for every identifier of that person, on every replica."""
-        for member in self.members_of(owner):
-            cached = self._values.get((namespace, member))
-            if cached is not None:
-                return cached
+        key = (namespace, self.person_of(owner))
+        cached = self._values.get(key)
+        if cached is not None:
+            return cached
+        found = await asyncio.to_thread(self.store.issued_for, namespace, owner)
+        if found is not None:
+            value = self._value(found.owner, namespace, found.nonce, found.length)
+            self._values[key] = value
+            return value
         lengths = self._length_weights(namespace, default_lengths)
 
         def candidate(nonce: int) -> tuple[str, int]:
@@ -322,7 +327,7 @@ class IdentityGraph:
         issued: Issued = await asyncio.to_thread(self.store.issue, namespace, owner, candidate)
         value = self._value(issued.owner, namespace, issued.nonce, issued.length)
         self._issued[issued.pseudonym] = issued.owner
-        self._values[(namespace, owner)] = value
+        self._values[key] = value
         return value
 
     def _length_weights(
@@ -402,11 +407,13 @@ async def neutral_ids(
     return out
 
 
-def objected_in_answer(
+async def objected_in_answer(
     graph: IdentityGraph, adapter: Adapter, route: RouteMatch, answer: UpstreamAnswer
 ) -> set[Subject]:
     """Learn the links a found answer shows; return the asked subjects whose person
-    it reveals to be objected (the answer about them must be neutralized)."""
+    it reveals to be objected (the answer about them must be neutralized). Those
+    links are stored before the caller is answered, so the neutral id the answer
+    carries is the person's one neutral id."""
     groups = adapter.identities(route, answer)
     if not groups:
         return set()
@@ -415,7 +422,16 @@ def objected_in_answer(
         for s in group:
             if s.namespace in adapter.id_lengths and s not in route.subjects:
                 graph.saw_real(pseudonym(s.namespace, s.identifier), s.namespace, len(s.identifier))
-    flags = graph.learn([[pseudonym(s.namespace, s.identifier) for s in g] for g in groups])
+    pseudonym_groups = [[pseudonym(s.namespace, s.identifier) for s in g] for g in groups]
+    flags = graph.learn(pseudonym_groups)
+    if any(flags):
+        try:
+            for linked, flag in zip(pseudonym_groups, flags, strict=True):
+                if flag:
+                    await asyncio.to_thread(graph.store.link, linked)
+            await graph.refresh()
+        except StoreError as exc:
+            raise AuditUnavailable("the identity graph cannot take a link") from exc
     asked = set(route.subjects)
     return {
         s for group, flag in zip(groups, flags, strict=True) if flag for s in group if s in asked

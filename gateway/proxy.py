@@ -614,7 +614,7 @@ class Proxy:
         if classification.outcome == "found":
             # An answer that reveals an objected person's identifier is theirs too:
             # neutralized, and the identifier linked to them (gateway.identity).
-            revealed = objected_in_answer(rt.identity, upstream.adapter, route, raw)
+            revealed = await objected_in_answer(rt.identity, upstream.adapter, route, raw)
             if revealed:
                 plan = msgspec.structs.replace(
                     plan, objected=plan.objected | revealed, local=plan.local | revealed

@@ -403,6 +403,33 @@ class IdentityStore:
             ) from exc
         return "issued" if kind == "issued" else "real"
 
+    def issued_for(self, namespace: str, owner: str) -> Issued | None:
+        """The neutral id already issued to ``owner``'s person in ``namespace``, if any
+        (a read: the common case of :meth:`issue` without taking the graph lock)."""
+        try:
+            with self.engine.connect() as conn:
+                person = conn.execute(
+                    select(MEMBERS.c.person).where(MEMBERS.c.pseudonym == owner)
+                ).scalar_one_or_none()
+                members = [owner] if person is None else self._members(conn, person)
+                return self._issued_among(conn, namespace, members)
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"the identity graph is unavailable: {exc.__class__.__name__}"
+            ) from exc
+
+    def _issued_among(self, conn: Connection, namespace: str, members: list[str]) -> Issued | None:
+        row = conn.execute(
+            select(IDS.c.pseudonym, IDS.c.owner, IDS.c.nonce, IDS.c.length)
+            .where(IDS.c.kind == "issued", IDS.c.namespace == namespace)
+            .where(IDS.c.owner.in_(members))
+            .order_by(IDS.c.rev, IDS.c.pseudonym)
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        return Issued(row.pseudonym, row.owner, int(row.nonce), int(row.length))
+
     def issue(
         self, namespace: str, owner: str, candidate: Candidate, *, attempts: int = 64
     ) -> Issued:
@@ -412,16 +439,9 @@ class IdentityStore:
         its pseudonym and length; the value itself is never stored."""
         with self._write() as (conn, rev):
             linked = self._link(conn, rev, [owner])
-            members = self._members(conn, linked.person)
-            row = conn.execute(
-                select(IDS.c.pseudonym, IDS.c.owner, IDS.c.nonce, IDS.c.length)
-                .where(IDS.c.kind == "issued", IDS.c.namespace == namespace)
-                .where(IDS.c.owner.in_(members))
-                .order_by(IDS.c.rev, IDS.c.pseudonym)
-                .limit(1)
-            ).first()
-            if row is not None:
-                return Issued(row.pseudonym, row.owner, int(row.nonce), int(row.length))
+            existing = self._issued_among(conn, namespace, self._members(conn, linked.person))
+            if existing is not None:
+                return existing
             for nonce in range(attempts):
                 pseudonym, length = candidate(nonce)
                 try:
