@@ -97,16 +97,20 @@ def test_an_answer_revealing_an_objected_persons_identifier_is_neutralized_and_l
 ) -> None:
     """Only bob_example and 5002 are known to be bob when he objects. A lookup of
     Twitter id 1002 must still ask the vendor (nobody could know), but its answer
-    reveals kloutId 5002: the caller gets a neutral id, and 1002 is bob's from now on."""
+    reveals kloutId 5002: the caller gets bob's neutral id, and 1002 is bob's from now on."""
     with httpx.Client(base_url=gw.url) as c:
         c.get("/klout/v2/identity.json/twitter", params={**CRM, "screenName": "bob_example"})
         name = _pseudonym(gw, "twitter_screen_name", "bob_example")
         _wait_for(lambda: len(_graph(gw).members_of(name)) == 2, 5, "the link is stored")
         _object(gw, name)
         time.sleep(1.0)
+        by_name = c.get(
+            "/klout/v2/identity.json/twitter", params={**CRM, "screenName": "bob_example"}
+        )
         first = c.get("/klout/v2/identity.json/tw/1002", params=CRM)
         assert first.status_code == 200
         assert first.json()["id"] != "5002"
+        assert first.json() == by_name.json()  # still one neutral id for bob
         tw = _pseudonym(gw, "twitter_id", "1002")
         _wait_for(lambda: tw in _graph(gw).members_of(name), 5, "1002 is linked to bob")
         mark = len(gw.upstream.received)
