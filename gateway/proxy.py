@@ -292,13 +292,25 @@ class Proxy:
             if cache_key is not None and rt.cache is not None and lookup.outcome in _CACHED:
                 rt.cache.put(cache_key, raw)
         lookup.status = answer.status
-        await self._audit("lookup", lookup.request_id or "", lookup, started)
         if vendor_bound:
+            await self._audit("lookup", lookup.request_id or "", lookup, started)
             rt.answer_times.observe(
                 request.upstream.name, request.route.template, time.perf_counter() - started
             )
         else:
-            await self._wait_like_the_vendor(request, started)
+            # The record is committed while the answer is held, not before: the
+            # hold then starts when a vendor-bound lookup's own work starts, and a
+            # slow commit cannot push the answer past its time. A store that
+            # refuses the record still fails the lookup at once (no log, no lookup).
+            commit = asyncio.ensure_future(
+                self._audit("lookup", lookup.request_id or "", lookup, started)
+            )
+            try:
+                await self._wait_like_the_vendor(request, started, commit)
+            except BaseException:  # cancelled (the caller left): the commit goes too
+                commit.cancel()
+                raise
+            await commit
         return answer, self._neutral_headers(request.policy) if neutral else []
 
     # -- 1. identify -------------------------------------------------------------------
@@ -477,15 +489,32 @@ class Proxy:
         if upstream.breaker.refusing():
             raise _circuit_open(upstream)
 
-    async def _wait_like_the_vendor(self, request: Identified, started: float) -> None:
-        """Hold an answer the vendor never saw until a vendor-bound one would leave."""
+    async def _wait_like_the_vendor(
+        self, request: Identified, started: float, commit: asyncio.Future[None]
+    ) -> None:
+        """Hold an answer the vendor never saw until a vendor-bound one would leave.
+
+        ``commit`` (the lookup's record) completes meanwhile; if it fails, the
+        lookup fails at once, as a vendor-bound one fails at its intent. The hold
+        runs in this task (no second task to wake), and corrects for how late the
+        event loop wakes sleepers (``AnswerTimes.lateness``)."""
+        times = self.rt.answer_times
         if self.limits.timing_parity:
-            target = self.rt.answer_times.draw(request.upstream.name, request.route.template)
+            target = times.draw(request.upstream.name, request.route.template)
+            correction = times.lateness
         else:
             target = self.limits.local_answer_delay * (0.75 + 0.5 * random.random())
-        remaining = target - (time.perf_counter() - started)
+            correction = 0.0
+        remaining = target - (time.perf_counter() - started) - correction
         if remaining > 0:
-            await asyncio.sleep(remaining)
+            await asyncio.wait({commit}, timeout=remaining)
+            if commit.done() and commit.exception() is not None:
+                return  # the caller awaits it and gets the refusal now
+            remaining = target - (time.perf_counter() - started) - correction
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            if self.limits.timing_parity:
+                times.left_at(target, time.perf_counter() - started)
 
     # -- 3. fetch ----------------------------------------------------------------------
 

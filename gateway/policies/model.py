@@ -104,7 +104,8 @@ class GenericAdapter(_Model, frozen=True, kw_only=True):
     subject: str
     # Dotted path of the score in a success body, e.g. ``data.0.influence``.
     score_path: str
-    # Body written for a neutral answer; ``{score}`` is replaced by the number.
+    # Body written for a neutral answer the vendor was not asked for; ``{score}``
+    # is replaced by the number, ``{subject}`` by the identifier(s) asked (a JSON string).
     neutral_body: str
     neutral_status: int = 200
     neutral_content_type: str = "application/json"

@@ -150,7 +150,7 @@ class GenericAdapter:
         if c.people is None or not isinstance(get_path(frame, c.people.list), list):
             body = c.neutral_body.replace("{score}", msgspec.json.encode(value).decode())
             subject = ",".join(s.identifier for s in route.subjects)
-            body = body.replace("{subject}", msgspec.json.encode(subject).decode()[1:-1])
+            body = body.replace("{subject}", msgspec.json.encode(subject).decode())
             frame = msgspec.json.decode(body.encode())
         if c.people is not None:
             entries = get_path(frame, c.people.list)
