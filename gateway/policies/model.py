@@ -204,7 +204,8 @@ class Policy(_Model, frozen=True, kw_only=True):
     purposes: dict[str, str]
     clients: list[Client] = []
     upstreams: list[Upstream]
-    # Keyed HMAC pseudonyms (``gateway objections add``) of subjects who objected.
+    # Keyed HMAC pseudonyms of subjects who objected, as earlier versions of
+    # ``gateway objections add`` wrote them; still honoured (gateway.identity).
     objections: list[str] = []
     settings: Settings = Settings()
     # Required, even if empty: a file cut off before its rules must not load as a

@@ -33,7 +33,8 @@ _HELP: dict[str, dict[str, str]] = {
         "clients": "The internal systems allowed to call the gateway.",
         "upstreams": "The scoring services the gateway may contact; no other host is.",
         "objections": "Pseudonyms (hmac-sha256:...) of people who objected to being "
-        "scored; they get the neutral score and are never sent upstream.",
+        "scored, as earlier versions wrote them; still honoured. New objections go to "
+        "the store: gateway objections add.",
         "settings": "Policy-wide switches.",
         "rules": "The rules, in order. Deny wins; every matching rule is listed.",
     },
