@@ -7,14 +7,17 @@ A request meets these primitives, in this order:
    its kind (``crm``, ``hr``, ...) and the purposes it is registered for.
 2. **Lookup context** (``policies/model.py``): client, purpose (``X-Purpose`` or the
    client's default), upstream, route template and subject pseudonyms.
-3. **Policy** (``policies/``): ``policies.yaml``, compiled once into an index.
-4. **Decision** (``policies/evaluate.py``): a pure function of context and policy;
+3. **Person** (``identity.py``): the identity graph links the pseudonyms of one
+   person's identifiers; objections, issued neutral ids and subject access follow
+   the person, not one identifier.
+4. **Policy** (``policies/``): ``policies.yaml``, compiled once into an index.
+5. **Decision** (``policies/evaluate.py``): a pure function of context and policy;
    deny wins, every matched rule is listed.
-5. **Upstream adapter** (``upstreams/``): knows the API's routes, what "missing"
+6. **Upstream adapter** (``upstreams/``): knows the API's routes, what "missing"
    and "throttled" look like, and how to write a neutral answer in its own shape.
-6. **Audit record** (``audit/record.py``): committed durably before the upstream
+7. **Audit record** (``audit/record.py``): committed durably before the upstream
    is called and again, with the outcome, before the caller is answered.
-7. **Checkpoint** (``audit/log.py``): the Merkle tree head over all records,
+8. **Checkpoint** (``audit/log.py``): the Merkle tree head over all records,
    signed with Ed25519, so an export can be verified offline.
 
 The request path itself reads top-down in ``proxy.py``; ``app.py`` assembles it.

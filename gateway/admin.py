@@ -292,6 +292,7 @@ class Readiness(msgspec.Struct):
     missing: list[str] = []
     disk: bool = True
     reasons: list[str] = []
+    limiter: bool = True
 
 
 def disk_space_ok(state: GatewayState) -> tuple[bool, str | None]:
@@ -332,17 +333,23 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[Readiness]:
     """Ready when the policy is loaded, the signing keys are usable, the audit store
-    takes records and its disk keeps ``min_free_disk`` free, and nothing an operator
-    must provide is missing (each upstream's key, a client key, an admin token: listed
-    in ``missing``); 503 otherwise, with the reasons."""
+    takes records and its disk keeps ``min_free_disk`` free, the rate limiter
+    answers, and nothing an operator must provide is missing (each upstream's key, a
+    client key, an admin token: listed in ``missing``); 503 otherwise, with the
+    reasons."""
     state = gateway_state(request)
     policy_ok = state.policy is not None and state.policy.current is not None
     audit_ok = state.audit is not None and state.audit.healthy()
     keys_ok = state.keyring is not None
     missing = state.missing()
     disk_ok, disk_reason = disk_space_ok(state)
+    runtime = state.runtime
+    if runtime is not None and not runtime.limiter_ok:
+        runtime.limiter_ok = await runtime.limiter.ping()
+    limiter_ok = runtime is None or runtime.limiter_ok
     body = Readiness(
-        ready=policy_ok and audit_ok and keys_ok and disk_ok and not missing,
+        ready=policy_ok and audit_ok and keys_ok and disk_ok and limiter_ok and not missing,
+        limiter=limiter_ok,
         policy=policy_ok,
         audit=audit_ok,
         keys=keys_ok,
@@ -903,6 +910,8 @@ async def audit_subject(
     pseudonyms = subject_pseudonyms(config, state.pseudonyms, subject)
     store = state.store
     committer = state.pseudonyms.committer()
+    if state.identity is not None and pseudonyms:  # a person is the unit: every linked id
+        pseudonyms = await asyncio.to_thread(state.identity.store.expand, pseudonyms)
     entries = await asyncio.to_thread(
         lambda: (
             list(subject_records(store, pseudonyms, committer, upstream=upstream))

@@ -28,8 +28,10 @@ from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin import ExportSlots, admin_router, health_handlers
+from gateway.admin_objections import objections_router
+from gateway.audit.graph import IdentityStore
 from gateway.audit.log import AuditLog
-from gateway.audit.pseudonym import Pseudonymizer
+from gateway.audit.pseudonym import Pseudonymizer, load_pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord, rfc3339
 from gateway.audit.sequencer import SequencerClient
@@ -48,6 +50,7 @@ from gateway.clients import (
     load_issued_keys,
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, render_problem
+from gateway.identity import IdentityGraph
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
@@ -58,6 +61,7 @@ from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
+from gateway.transport import AiohttpTransport
 
 log = logging.getLogger("gateway")
 
@@ -76,6 +80,7 @@ class GatewayState:
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
+        self.identity: IdentityGraph | None = None
         self.request_ids = RequestIds()  # the one source of request ids in this process
         self.admin_tokens: AdminTokens | None = None
         self.refusals: Refusals | None = None
@@ -167,7 +172,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[proxy_mount, admin_router, *health_handlers],
+        route_handlers=[proxy_mount, admin_router, objections_router, *health_handlers],
         lifespan=[lifespan],
         state={"gateway": state},  # type: ignore[arg-type]
         exception_handlers={
@@ -205,11 +210,15 @@ async def _start(
     data_dir.mkdir(parents=True, exist_ok=True)
 
     keyring = KeyRing.load_or_create(data_dir)  # refuses to start on an unreadable key
-    pseudonyms = Pseudonymizer.load_or_create(data_dir)
+    # One pseudonym key for every replica: from the operator's secret, or the data dir's.
+    pseudonyms = load_pseudonymizer(data_dir, settings.pseudonym_secret_file)
     id_key = pseudonyms.derive(b"neutral-identifiers")
 
     store = AuditStore.open(data_dir=data_dir, url=settings.database_url)
     stack.callback(store.close)
+    graph_store = IdentityStore(store.engine)
+    graph_store.create()
+    graph_store.bind_key(pseudonyms.check_value())  # refuses a log written under another key
     audit: AuditLog | SequencerClient
     if settings.sequencer_socket is not None:
         # One sequencer process commits for every worker (gateway/audit/sequencer.py);
@@ -291,6 +300,14 @@ async def _start(
     stack.push_async_callback(policy.stop)
     state.policy = policy
 
+    # The policy file's legacy objections: list counts as objections in the graph.
+    identity = IdentityGraph(
+        graph_store, pseudonyms, static_objections=lambda: policy.current.objections
+    )
+    await identity.start()
+    stack.push_async_callback(identity.close)
+    state.identity = identity
+
     # Tokens issued with `gateway admin-token` are re-read while running; these are fixed.
     fixed_admins = [legacy_admin_token(digest) for digest in settings.admin_token_hashes]
     if settings.demo:
@@ -343,11 +360,12 @@ async def _start(
         audit=audit,
         backlog=backlog,
         limiter=limiter,
-        session=session,
+        transport=AiohttpTransport(session, settings.limits),
         pseudonyms=pseudonyms,
         request_ids=state.request_ids,
         client_keys=client_keys,
         id_key=id_key,
+        identity=identity,
         metrics=state.metrics,
         tracer=tracer,
         cache=AnswerCache(max_entries=settings.cache_entries, max_age=settings.cache_max_age)

@@ -22,6 +22,8 @@ import msgspec
 
 from gateway.upstreams.base import UpstreamAnswer
 
+CacheKey = tuple[str, str, str]
+
 
 class CachedAnswer(msgspec.Struct, frozen=True):
     answer: UpstreamAnswer

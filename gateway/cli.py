@@ -58,6 +58,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=int,
         help="port of the bundled simulator in demo mode (default: any free port)",
     )
+    p.add_argument(
+        "--pseudonym-secret-file",
+        type=Path,
+        help="a file holding the pseudonym secret shared by every replica "
+        "($GATEWAY_PSEUDONYM_SECRET_FILE, or the secret itself in GATEWAY_PSEUDONYM_SECRET); "
+        "default: a key generated in the data dir",
+    )
     p.add_argument("--workers", type=int, help=f"worker processes (default {_DEFAULTS.workers})")
     p.add_argument(
         "--audit-sequencer",
@@ -266,6 +273,33 @@ def _preflight(settings: Settings) -> str | None:
         return (
             f"audit.signing_key_invalid: cannot read the signing keys in {settings.data_dir}: {exc}"
         )
+    return _pseudonym_key_problem(settings)
+
+
+def _pseudonym_key_problem(settings: Settings) -> str | None:
+    """The pseudonym key must load and match the one the store was written under."""
+    from gateway.audit.graph import IdentityStore, PseudonymKeyMismatch
+    from gateway.audit.pseudonym import PseudonymKeyError, load_pseudonymizer
+    from gateway.audit.store import AuditStore, StoreError
+
+    try:
+        pseudonyms = load_pseudonymizer(settings.data_dir, settings.pseudonym_secret_file)
+    except PseudonymKeyError as exc:
+        return f"audit.pseudonym_key_invalid: {exc}"
+    try:
+        store = AuditStore.open(data_dir=settings.data_dir, url=settings.database_url)
+    except StoreError as exc:
+        return f"audit.unavailable: {exc}"
+    try:
+        graph = IdentityStore(store.engine)
+        graph.create()
+        graph.bind_key(pseudonyms.check_value())
+    except PseudonymKeyMismatch as exc:
+        return f"audit.pseudonym_key_mismatch: {exc}"
+    except StoreError as exc:
+        return f"audit.unavailable: {exc}"
+    finally:
+        store.close()
     return None
 
 
@@ -432,50 +466,137 @@ def cmd_clients_rotate_key(args: argparse.Namespace) -> int:
 
 
 def _objections_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("objections", help="record a person's objection to scoring (GDPR Art. 21)")
+    p = sub.add_parser(
+        "objections",
+        help="people who objected to scoring (GDPR Art. 21), kept in the store as pseudonyms",
+    )
     osub = p.add_subparsers(dest="objections_command", required=True)
     add = osub.add_parser(
-        "add", help="add a person to the objection list (stored as keyed pseudonyms only)"
+        "add", help="object one person, named by one or more of their identifiers"
     )
-    add.add_argument("--upstream", required=True, help="the upstream they are known at, e.g. klout")
-    add.add_argument("--subject", required=True, help="their identifier there (name or id)")
-    _policies_flag(add)
-    _data_dir_flag(add)
+    remove = osub.add_parser(
+        "remove", help="withdraw a person's objection (any one of their identifiers will do)"
+    )
+    for q in (add, remove):
+        q.add_argument("--upstream", required=True, help="where they are known, e.g. klout")
+        q.add_argument(
+            "--subject",
+            required=True,
+            action="append",
+            dest="subjects",
+            help="an identifier of the person there (repeat for several; "
+            "NAMESPACE:ID such as twitter_id:1002 narrows a bare number)",
+        )
+        _policies_flag(q)
     add.set_defaults(func=cmd_objections_add)
+    remove.set_defaults(func=cmd_objections_remove)
+    listing = osub.add_parser("list", help="objected people: pseudonyms, since when, how many ids")
+    listing.set_defaults(func=cmd_objections_list)
+    for q in (add, remove, listing):
+        _identity_store_arguments(q)
+
+
+def _identity_store_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_dir_flag(parser)
+    parser.add_argument(
+        "--database-url",
+        help="the shared PostgreSQL store of the replicas ($GATEWAY_DATABASE_URL; "
+        "default: SQLite in the data dir)",
+    )
+    parser.add_argument(
+        "--pseudonym-secret-file",
+        type=Path,
+        help="the replicas' pseudonym secret ($GATEWAY_PSEUDONYM_SECRET_FILE, or the "
+        "secret itself in GATEWAY_PSEUDONYM_SECRET)",
+    )
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
 
 
 def cmd_objections_add(args: argparse.Namespace) -> int:
-    from gateway.audit.pseudonym import Pseudonymizer
-    from gateway.policies.edit import append_to_list, write_checked
-    from gateway.policies.loader import PolicyError, parse_policy
-    from gateway.upstreams.registry import build_adapter
+    return _objections(args, "add")
 
+
+def cmd_objections_remove(args: argparse.Namespace) -> int:
+    return _objections(args, "remove")
+
+
+def _objections(args: argparse.Namespace, act: str) -> int:
+    from gateway import objections
+    from gateway.audit.graph import PseudonymKeyMismatch
+    from gateway.audit.pseudonym import PseudonymKeyError
+    from gateway.audit.signing import SigningKeyError
+    from gateway.audit.store import StoreError
+    from gateway.errors import GatewayError
+    from gateway.policies.loader import PolicyError, read_policy
+
+    name = f"gateway objections {act}"
     try:
-        text = args.policies.read_text(encoding="utf-8")
-        policy = parse_policy(text, filename=str(args.policies)).policy
+        policy = read_policy(args.policies).policy
     except (OSError, PolicyError) as exc:
-        print(f"gateway objections add: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"{name}: {exc}")
     upstream = next((u for u in policy.upstreams if u.name == args.upstream), None)
     if upstream is None:
         names = ", ".join(u.name for u in policy.upstreams)
-        print(
-            f"gateway objections add: no upstream {args.upstream!r} (have: {names})",
-            file=sys.stderr,
-        )
-        return 1
-    subjects = build_adapter(upstream, bytes(32)).subjects_for(args.subject)
-    if not subjects:
-        print("gateway objections add: that identifier is not one this API uses", file=sys.stderr)
-        return 1
-    pseudonyms = Pseudonymizer.load_or_create(args.data_dir)
-    new = [pseudonyms.pseudonym(s.namespace, s.identifier) for s in subjects]
-    new = [p for p in new if p not in policy.objections]
-    if new:
-        write_checked(args.policies, append_to_list(text, "objections", new))
-    # The raw identifier is not echoed: terminals and CI logs keep scrollback.
-    print(f"{len(new)} pseudonym(s) added to the objection list in {args.policies}")
+        return _fail(f"{name}: no upstream {args.upstream!r} (have: {names})")
+    try:
+        with objections.StaffSession.open(
+            args.data_dir, args.database_url, args.pseudonym_secret_file, actor=_actor()
+        ) as staff:
+            pseudonyms = objections.pseudonyms_of(upstream, staff.pseudonymizer, args.subjects)
+            if act == "add":
+                added = staff.add(args.upstream, pseudonyms)
+                lines = objections.describe_added(added, len(args.subjects))
+            else:
+                people, named = staff.remove(args.upstream, pseudonyms)
+                lines = [objections.describe_removed(people, named)]
+    except objections.ObjectionError as exc:
+        return _fail(f"{name}: {exc}")
+    except (PseudonymKeyError, PseudonymKeyMismatch, SigningKeyError) as exc:
+        return _fail(f"{name}: {exc}")
+    except (StoreError, GatewayError, OSError) as exc:
+        return _fail(f"{name}: audit.unavailable: {exc}")
+    # The raw identifiers are not echoed: terminals and CI logs keep scrollback.
+    for line in lines:
+        print(line)
     return 0
+
+
+def cmd_objections_list(args: argparse.Namespace) -> int:
+    from gateway import objections
+    from gateway.audit.graph import PseudonymKeyMismatch
+    from gateway.audit.pseudonym import PseudonymKeyError
+    from gateway.audit.store import StoreError
+
+    try:
+        with objections.StaffSession.open(
+            args.data_dir, args.database_url, args.pseudonym_secret_file, actor=_actor(), log=False
+        ) as staff:
+            people = staff.listing()
+    except (PseudonymKeyError, PseudonymKeyMismatch) as exc:
+        return _fail(f"gateway objections list: {exc}")
+    except (StoreError, OSError) as exc:
+        return _fail(f"gateway objections list: audit.unavailable: {exc}")
+    for person in people:
+        given = ", ".join(objections.short(p) for p in person.given)
+        print(
+            f"{person.since}  {person.identifiers} identifier(s) linked  by {person.actor}  "
+            f"given: {given}"
+        )
+    print(f"{len(people)} objected person(s) in the store", file=sys.stderr)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 1
 
 
 def _admin_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -543,7 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Flags that are settings: a command that has one and was not given it gets the
 #: resolved value (GATEWAY_*, else the default), so every command agrees.
-SETTING_FLAGS = ("data_dir", "policies", "database_url", "redis_url", "log_level")
+SETTING_FLAGS = (
+    "data_dir",
+    "policies",
+    "database_url",
+    "redis_url",
+    "log_level",
+    "pseudonym_secret_file",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

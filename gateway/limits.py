@@ -28,6 +28,9 @@ class Limiter(Protocol):
     async def acquire(self, quotas: Sequence[Quota]) -> float | None:
         """Take one call from each quota, or none; ``None`` when allowed, else seconds to wait."""
 
+    async def ping(self) -> bool:
+        """Whether the limiter answers (for /readyz); never raises."""
+
     async def close(self) -> None: ...
 
 
@@ -76,6 +79,9 @@ class MemoryLimiter:
                 seen_day, count = self._days.get(q.key, (day, 0))
                 self._days[q.key] = (day, count + 1 if seen_day == day else 1)
         return None
+
+    async def ping(self) -> bool:
+        return True
 
     async def close(self) -> None:
         return None
@@ -160,6 +166,12 @@ class RedisLimiter:
         args.append(f"{now:.6f}:{id(self)}:{self._counter}")
         result = await self._script(keys=keys, args=args)
         return None if result is None else float(result)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:  # noqa: BLE001  # any failure means "not ready"
+            return False
 
     async def close(self) -> None:
         await self._redis.aclose()

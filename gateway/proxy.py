@@ -1,8 +1,20 @@
-"""The request path: authenticate → context → decide → forward → classify → transform → audit.
+"""The request path: identify → decide → fetch → answer.
 
 Every proxied request is one :meth:`Proxy.__call__`, a raw ASGI handler mounted in
 the Litestar app: the hot path skips the framework's routing, request and response
 objects (``reference/performance.md``: they cost as much as the server itself).
+Each step is a method of its own, small enough to test alone:
+
+1. :meth:`Proxy.identify` reads the target, the client's key, the purpose and the
+   route, and knows whom the request is about (:class:`Identified`). A request
+   refused here names no client (bad key, bad path): :meth:`Proxy.refuse_unidentified`.
+2. :meth:`Proxy.decide` asks the policy engine, and finds who is answered here
+   (objections: :meth:`Proxy.objected`, the one place they are checked) and what
+   is left to ask the upstream (:class:`Plan`).
+3. :meth:`Proxy.fetch` takes the lookup's quota, writes the intent and asks the
+   :class:`~gateway.transport.Transport` (or the cache) for an ``UpstreamAnswer``.
+4. :meth:`Proxy.answer` classifies the answer, neutralizes, redacts and coarsens;
+   :meth:`Proxy.answer_locally` does the same for lookups the upstream never sees.
 
 Guarantees this module keeps, and where:
 
@@ -25,19 +37,19 @@ Guarantees this module keeps, and where:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-import aiohttp
 import msgspec
 from opentelemetry.trace import SpanKind
-from yarl import URL
 
-from gateway.audit.record import AuditRecord, PersonRef, rfc3339
+from gateway.audit.record import AuditRecord, PersonRef, PersonRole, rfc3339
+from gateway.cache import CacheKey
 from gateway.errors import (
     AuditUnavailable,
     BadRequest,
@@ -50,15 +62,18 @@ from gateway.errors import (
     ServiceUnavailable,
     Unauthenticated,
     UpstreamError,
-    UpstreamTimeout,
     render_problem,
 )
 from gateway.headers import InboundHeaders
+from gateway.identity import issued_among, neutral_ids, objected_in_answer
 from gateway.limits import Quota
 from gateway.policies.compile import CompiledPolicy
-from gateway.policies.model import Decision, LookupContext, Outcome
+from gateway.policies.model import Client, Decision, LookupContext, Outcome
 from gateway.runtime import GatewayRuntime, UpstreamRuntime
+from gateway.transport import NOT_A_FAILURE, UpstreamRequest
 from gateway.upstreams.base import InvalidSubject, RouteMatch, Subject, UpstreamAnswer
+
+log = logging.getLogger("gateway.proxy")
 
 # A path segment may hold RFC 3986 unreserved characters and a few sub-delims.
 # No "%" (no encoded slashes, dots or NULs to decode differently later), no ";"
@@ -68,6 +83,7 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,=:@-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_QUERY_FIELDS = 64
 NEUTRAL_OUTCOMES: frozenset[str] = frozenset({"missing", "pending", "objected"})
+_CACHED = ("found", "missing")  # answers worth keeping: not pending, never errors
 
 _Scope = dict[str, Any]
 _Receive = Callable[[], Any]
@@ -85,6 +101,8 @@ class _Lookup:
         "error",
         "intent_committed",
         "outcome",
+        "outcomes",
+        "people",
         "purpose",
         "refused_stranger",
         "request_id",
@@ -115,6 +133,46 @@ class _Lookup:
         self.status: int | None = None
         self.error: str | None = None
         self.detail: str | None = None
+        # People inside the answer other than those asked: (role, their identifiers).
+        self.people: list[tuple[PersonRole, tuple[Subject, ...]]] = []
+        # Each asked person's own outcome, by pseudonym, where it differs per person.
+        self.outcomes: dict[str, str] = {}
+
+
+class Identified(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Proxy.identify` learned: who asks, for what, about whom, where."""
+
+    policy: CompiledPolicy  # one snapshot: the whole request is decided under it
+    upstream: UpstreamRuntime
+    client: Client
+    purpose: str
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: InboundHeaders
+    route: RouteMatch
+    pseudonyms: dict[Subject, str]
+
+    @property
+    def context(self) -> LookupContext:
+        return LookupContext(
+            client=self.client.id,
+            client_kind=self.client.kind,
+            purpose=self.purpose,
+            upstream=self.upstream.name,
+            route=self.route.template,
+        )
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Proxy.decide` settled before anything leaves the gateway."""
+
+    decision: Decision  # under outcome None: the limits, redactions for found people
+    objected: frozenset[Subject]  # asked about and objected: never sent upstream
+    local: frozenset[Subject]  # answered here: objected, or ids the gateway issued
+    local_outcome: Outcome  # how the audit names the local ones
+    # The request still to send upstream (path, query), or None: answered here.
+    forward: tuple[str, list[tuple[str, str]]] | None
 
 
 class Proxy:
@@ -123,17 +181,15 @@ class Proxy:
     def __init__(self, runtime: GatewayRuntime) -> None:
         self.rt = runtime
         self.limits = runtime.settings.limits
-        limits = self.limits
-        self._timeout = aiohttp.ClientTimeout(
-            total=limits.total_timeout,
-            sock_connect=limits.connect_timeout,
-            sock_read=limits.read_timeout,
-        )
         # Request ids: a keyed permutation of a counter (gateway/requestid.py), so
         # they tell a caller nothing about other traffic and cost no system call.
         self._next_id = runtime.request_ids.next_id
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] == "websocket":
+            # Never accepted, never tunnelled: closing before the handshake is a 403.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if not self.rt.tracing:
             await self._serve(scope, receive, send, _Lookup())
             return
@@ -156,39 +212,21 @@ class Proxy:
             span.set_attributes({k: v for k, v in attributes.items() if v is not None})
 
     async def _serve(self, scope: _Scope, receive: _Receive, send: _Send, lookup: _Lookup) -> None:
-        rt = self.rt
         started = time.perf_counter()
         request_id = self._next_id()
         lookup.request_id = request_id
         try:
-            answer, extra_headers = await self._handle(scope, receive, request_id, lookup)
+            answer, extra_headers = await self._lookup(scope, receive, lookup, started)
         except GatewayError as error:
-            if lookup.client is None and rt.refusals is not None:
-                # Refused before any client was identified: not a lookup about anyone.
-                # Limited per source and recorded in aggregates (gateway/refusals.py).
-                error = rt.refusals.refuse(_peer(scope), request_id, error)
-                lookup.refused_stranger = True
-            lookup.status = error.status
-            lookup.error = error.code
-            lookup.decision = lookup.decision or "error"
-            status, headers, body = render_problem(error, request_id)
-            if isinstance(error, AuditUnavailable) and lookup.intent_committed:
-                # The intent is in the log but its outcome is not: record the failure
-                # as soon as the store takes records again (no score was returned).
-                lookup.decision = "error"
-                rt.backlog.add(self._record("lookup", request_id, lookup, started), lookup.subjects)
-            if not isinstance(error, AuditUnavailable) and not lookup.refused_stranger:
-                # Every lookup attempt is audited, refused ones too (unknown key,
-                # bad path): each X-Request-Id a caller holds has its record. The
-                # error is already the answer and holds no score, so a store that
-                # cannot take the record now gets it from the backlog later.
-                try:
-                    await self._audit("lookup", request_id, lookup, started)
-                except AuditUnavailable:
-                    record = self._record("lookup", request_id, lookup, started)
-                    rt.backlog.add(record, lookup.subjects)
-            rt.metrics.lookup(lookup, time.perf_counter() - started)
-            await _respond(send, status, headers, body)
+            await self._refuse(scope, send, error, lookup, started)
+            return
+        except Exception:
+            # A bug, not a refusal: the caller still gets a problem with its request
+            # id, and the log names the error type only, never the path (it may hold
+            # an identifier).
+            log.exception("unhandled error in the request path (request %s)", request_id)
+            internal = GatewayError("the gateway could not handle this request")
+            await self._refuse(scope, send, internal, lookup, started)
             return
         headers = [
             (b"content-type", answer.content_type.encode()),
@@ -196,15 +234,98 @@ class Proxy:
             (b"x-request-id", request_id.encode()),
             *extra_headers,
         ]
-        rt.metrics.lookup(lookup, time.perf_counter() - started)
+        self.rt.metrics.lookup(lookup, time.perf_counter() - started)
         await _respond(send, answer.status, headers, answer.body)
 
-    async def _handle(
-        self, scope: _Scope, receive: _Receive, request_id: str, lookup: _Lookup
-    ) -> tuple[UpstreamAnswer, list[tuple[bytes, bytes]]]:
+    async def _refuse(
+        self,
+        scope: _Scope,
+        send: _Send,
+        error: GatewayError,
+        lookup: _Lookup,
+        started: float,
+    ) -> None:
+        """Answer ``error`` as a problem, audited like every other lookup attempt."""
         rt = self.rt
-        started = time.perf_counter()
-        policy = rt.policy.current  # one snapshot: the whole request is decided under it
+        request_id = lookup.request_id or ""
+        if lookup.client is None and rt.refusals is not None:
+            # Refused before any client was identified: not a lookup about anyone.
+            # Limited per source and recorded in aggregates (gateway/refusals.py).
+            error = rt.refusals.refuse(_peer(scope), request_id, error)
+            lookup.refused_stranger = True
+        lookup.status = error.status
+        lookup.error = error.code
+        lookup.decision = lookup.decision or "error"
+        status, headers, body = render_problem(error, request_id)
+        if isinstance(error, AuditUnavailable) and lookup.intent_committed:
+            # The intent is in the log but its outcome is not: record the failure
+            # as soon as the store takes records again (no score was returned).
+            lookup.decision = "error"
+            rt.backlog.add(self._record("lookup", request_id, lookup, started), self._index(lookup))
+        if not isinstance(error, AuditUnavailable) and not lookup.refused_stranger:
+            # Every lookup attempt is audited, refused ones too (unknown key,
+            # bad path): each X-Request-Id a caller holds has its record. The
+            # error is already the answer and holds no score, so a store that
+            # cannot take the record now gets it from the backlog later.
+            try:
+                await self._audit("lookup", request_id, lookup, started)
+            except AuditUnavailable:
+                record = self._record("lookup", request_id, lookup, started)
+                rt.backlog.add(record, self._index(lookup))
+        rt.metrics.lookup(lookup, time.perf_counter() - started)
+        await _respond(send, status, headers, body)
+
+    async def _lookup(
+        self, scope: _Scope, receive: _Receive, lookup: _Lookup, started: float
+    ) -> tuple[UpstreamAnswer, list[tuple[bytes, bytes]]]:
+        """identify → decide → fetch → answer; raises ``GatewayError`` to refuse.
+
+        Every lookup, whether the vendor will see it or not, meets the same refusals
+        in the same order (:meth:`admit`), and every answer the vendor did not give
+        leaves when a vendor-bound one would have (:meth:`_wait_like_the_vendor`):
+        neither a refusal nor a delay tells an objected person from anyone else.
+        """
+        rt = self.rt
+        request = await self.settle_ids(self.identify(scope, lookup))
+        plan = self.decide(request, lookup)
+        await self.admit(request, plan, lookup)
+        if plan.forward is None:
+            answer, neutral = await self.answer_locally(request, plan, lookup)
+            vendor_bound = False
+        else:
+            raw, cache_key = await self.fetch(request, plan, lookup, scope, receive, started)
+            vendor_bound = cache_key is not None or lookup.intent_committed
+            answer, neutral = await self.answer(request, plan, raw, lookup)
+            if cache_key is not None and rt.cache is not None and lookup.outcome in _CACHED:
+                rt.cache.put(cache_key, raw)
+        lookup.status = answer.status
+        if vendor_bound:
+            await self._audit("lookup", lookup.request_id or "", lookup, started)
+            rt.answer_times.observe(
+                request.upstream.name, request.route.template, time.perf_counter() - started
+            )
+        else:
+            # The record is committed while the answer is held, not before: the
+            # hold then starts when a vendor-bound lookup's own work starts, and a
+            # slow commit cannot push the answer past its time. A store that
+            # refuses the record still fails the lookup at once (no log, no lookup).
+            commit = asyncio.ensure_future(
+                self._audit("lookup", lookup.request_id or "", lookup, started)
+            )
+            try:
+                await self._wait_like_the_vendor(request, started, commit)
+            except BaseException:  # cancelled (the caller left): the commit goes too
+                commit.cancel()
+                raise
+            await commit
+        return answer, self._neutral_headers(request.policy) if neutral else []
+
+    # -- 1. identify -------------------------------------------------------------------
+
+    def identify(self, scope: _Scope, lookup: _Lookup) -> Identified:
+        """Who asks, for which purpose, about whom: or a refusal that names no one."""
+        rt = self.rt
+        policy = rt.policy.current
         upstream_name, path, query = self._split_target(scope)
         upstream = rt.upstream(policy, upstream_name)
         if upstream is None:
@@ -220,7 +341,9 @@ class Proxy:
         client_id, query = self._authenticate(headers, query, upstream, policy)
         client = policy.clients.get(client_id) if client_id is not None else None
         if client is None:
-            raise Unauthenticated("a valid gateway key is required (Bearer or the API's key slot)")
+            raise self.refuse_unidentified(
+                Unauthenticated("a valid gateway key is required (Bearer or the API's key slot)")
+            )
         lookup.client, lookup.client_kind = client.id, client.kind
 
         purpose = headers.get_one("x-purpose", code="request.ambiguous_purpose")
@@ -230,14 +353,9 @@ class Proxy:
             raise BadRequest(
                 "this client has no default purpose; send X-Purpose", code="purpose.missing"
             )
-        # Exact match only: no case folding, no trimming, no Unicode normalisation. A
-        # client registered for a purpose may also name a narrower one under it.
-        if not policy.purpose_allowed(client.id, purpose):
-            lookup.decision = "deny"
-            raise PolicyDenied(
-                "this client is not registered for that purpose", code="purpose.not_registered"
-            )
-        lookup.purpose = purpose
+        # A purpose outside the vocabulary is the caller's free text: it is judged
+        # (and refused) by the policy, but never written into the audit record.
+        lookup.purpose = purpose if purpose in policy.purposes else None
 
         try:
             route = upstream.adapter.match(method, path, query)
@@ -248,102 +366,266 @@ class Proxy:
                 raise MethodNotAllowed(f"{method} is not supported here")
             raise NotFound("this API has no such route", code="route.unknown")
         lookup.route = route.template
+        if any(name not in route.params for name, _ in query):
+            # Never echo the parameter: its name or value may be an identifier.
+            declared = ", ".join(sorted(route.params)) or "none"
+            raise BadRequest(
+                f"this route takes only the query parameters it declares ({declared})",
+                code="request.unknown_parameter",
+            )
         pseudonyms = {s: rt.pseudonyms.pseudonym(s.namespace, s.identifier) for s in route.subjects}
         lookup.subjects = list(pseudonyms.values())
-
-        context = LookupContext(
-            client=client.id,
-            client_kind=client.kind,
+        return Identified(
+            policy=policy,
+            upstream=upstream,
+            client=client,
             purpose=purpose,
-            upstream=upstream_name,
-            route=route.template,
+            method=method,
+            path=path,
+            query=query,
+            headers=headers,
+            route=route,
+            pseudonyms=pseudonyms,
         )
+
+    def refuse_unidentified(self, error: GatewayError) -> GatewayError:
+        """The refusal of a request no client could be identified for (bad or no key).
+
+        One place, so that refusals which concern no client can be counted and
+        aggregated apart from lookups."""
+        return error
+
+    # -- 2. decide ---------------------------------------------------------------------
+
+    def decide(self, request: Identified, lookup: _Lookup) -> Plan:
+        """The policy's decision before any call, and who is answered here."""
+        rt, policy, route = self.rt, request.policy, request.route
+        context = request.context
         decision = rt.evaluate(context, policy)
         lookup.rules = list(decision.rule_ids)
         if not decision.allowed:
             lookup.decision = "deny"
             raise _denied(decision)
 
-        objected = {s for s, p in pseudonyms.items() if p in policy.objections}
+        objected = self.objected(request, route.subjects)
         local = objected | set(route.local_subjects)
         # A neutral id the gateway issued stands for someone the upstream did not
         # have: the audit says "missing" for it, and "objected" only for objectors.
         local_outcome: Outcome = "objected" if objected else "missing"
         if local:
-            local_decision = rt.evaluate(
-                msgspec.structs.replace(context, outcome=local_outcome), policy
-            )
-            _merge_rules(lookup, local_decision)
-            if not local_decision.allowed:
+            after = rt.evaluate(msgspec.structs.replace(context, outcome=local_outcome), policy)
+            _merge_rules(lookup, after)
+            if not after.allowed:
                 lookup.decision = "deny"
-                raise _denied(local_decision)
-
-        remaining = None
+                raise _denied(after)
+        forward = None
         if len(local) < len(route.subjects):
-            remaining = upstream.adapter.without_subjects(route, path, query, local)
-        if remaining is None:
-            # Everyone asked about is answered here: objected, or a neutral id we issued.
-            # Wait about as long as a real round trip, so timing tells nothing.
-            await asyncio.sleep(upstream.typical_round_trip(random.random()))
-            answer = upstream.adapter.neutral_answer(
-                route, None, set(route.subjects), upstream.config.neutral.score
+            forward = request.upstream.adapter.without_subjects(
+                route, request.path, request.query, local
             )
-            lookup.outcome, lookup.decision = local_outcome, "neutralize"
-            answer = self._transform(upstream, route, answer, decision)
-            lookup.status = answer.status
-            await self._audit("lookup", request_id, lookup, started)
-            return answer, self._neutral_headers(policy)
-        fwd_path, fwd_query = remaining
+        return Plan(
+            decision=decision,
+            objected=frozenset(objected),
+            local=frozenset(local),
+            local_outcome=local_outcome,
+            forward=forward,
+        )
+
+    def objected(self, request: Identified, subjects: Iterable[Subject]) -> set[Subject]:
+        """The subjects among ``subjects`` whose person objected: the one objection check.
+
+        Asked-about subjects and people inside answers both pass through here."""
+        pseudonyms = request.pseudonyms
+        rt = self.rt
+        out: set[Subject] = set()
+        for subject in subjects:
+            pseudonym = pseudonyms.get(subject) or rt.pseudonyms.pseudonym(
+                subject.namespace, subject.identifier
+            )
+            # A person is the unit: objected under any identifier linked to this one
+            # (the store's objections and the policy file's legacy list alike).
+            if rt.identity.is_objected(pseudonym):
+                out.add(subject)
+        return out
+
+    async def settle_ids(self, request: Identified) -> Identified:
+        """Ids the gateway issued are answered here, on every replica, and never
+        forwarded; every other id of an issuing id space is claimed as real first,
+        so no replica can issue it afterwards (:mod:`gateway.identity`)."""
+        issued = await issued_among(self.rt.identity, request.upstream.adapter, request.pseudonyms)
+        new = tuple(s for s in issued if s not in request.route.local_subjects)
+        if not new:
+            return request
+        route = request.route
+        route = msgspec.structs.replace(route, local_subjects=(*route.local_subjects, *new))
+        return msgspec.structs.replace(request, route=route)
+
+    async def admit(self, request: Identified, plan: Plan, lookup: _Lookup) -> None:
+        """The refusals every lookup meets, vendor-bound, cached or answered here alike.
+
+        Vendor terms and limit rules count lookups, and an open circuit refuses
+        them, whether or not this one would reach the vendor: an objected person,
+        an id the gateway issued or a cached answer must not be the only 200
+        among 429s and 503s. A limiter that cannot be reached refuses every
+        lookup with a 503 the same way.
+        """
+        upstream = request.upstream
+        quotas = _quotas(upstream, request.client.id, plan.decision)
+        if quotas:
+            try:
+                wait = await self.rt.limiter.acquire(quotas)
+            # Any limiter failure (Redis down, a timeout, a script error) fails closed.
+            except Exception as exc:  # noqa: BLE001
+                self.rt.limiter_ok = False
+                log.error("the rate limiter is unavailable (%s)", type(exc).__name__)
+                raise ServiceUnavailable(
+                    "the gateway cannot check its rate limits; no lookup is served",
+                    code="limit.unavailable",
+                    headers={"Retry-After": "1"},
+                ) from None
+            self.rt.limiter_ok = True
+            if wait is not None:
+                lookup.decision = "deny"
+                lookup.error = "limit.exceeded"
+                retry = min(self.limits.max_retry_after, max(1, int(wait + 0.999)))
+                raise RateLimited(
+                    "the vendor's terms or a limit rule hold this client back; retry later",
+                    headers={"Retry-After": str(retry)},
+                    extra={"retry_after": retry},
+                )
+        if upstream.breaker.refusing():
+            raise _circuit_open(upstream)
+
+    async def _wait_like_the_vendor(
+        self, request: Identified, started: float, commit: asyncio.Future[None]
+    ) -> None:
+        """Hold an answer the vendor never saw until a vendor-bound one would leave.
+
+        ``commit`` (the lookup's record) completes meanwhile; if it fails, the
+        lookup fails at once, as a vendor-bound one fails at its intent. The hold
+        runs in this task (no second task to wake), and corrects for how late the
+        event loop wakes sleepers (``AnswerTimes.lateness``)."""
+        times = self.rt.answer_times
+        if self.limits.timing_parity:
+            target = times.draw(request.upstream.name, request.route.template)
+            correction = times.lateness
+        else:
+            target = self.limits.local_answer_delay * (0.75 + 0.5 * random.random())
+            correction = 0.0
+        remaining = target - (time.perf_counter() - started) - correction
+        if remaining > 0:
+            await asyncio.wait({commit}, timeout=remaining)
+            if commit.done() and commit.exception() is not None:
+                return  # the caller awaits it and gets the refusal now
+            remaining = target - (time.perf_counter() - started) - correction
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            if self.limits.timing_parity:
+                times.left_at(target, time.perf_counter() - started)
+
+    # -- 3. fetch ----------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        request: Identified,
+        plan: Plan,
+        lookup: _Lookup,
+        scope: _Scope,
+        receive: _Receive,
+        started: float,
+    ) -> tuple[UpstreamAnswer, CacheKey | None]:
+        """The upstream's answer to what is left to ask: from the cache or the transport,
+        and the cache key to keep a fresh answer under."""
+        rt, upstream = self.rt, request.upstream
+        assert plan.forward is not None
+        fwd_path, fwd_query = plan.forward
         lookup.decision = "allow"
 
         cache_key = None
-        raw: UpstreamAnswer | None = None
-        if rt.cache is not None and method == "GET":
-            cache_key = rt.cache.key(upstream_name, fwd_path, fwd_query)
-            hit = rt.cache.get(cache_key, policy.max_cache_age(upstream_name))
+        if rt.cache is not None and request.method == "GET":
+            cache_key = rt.cache.key(upstream.name, fwd_path, fwd_query)
+            hit = rt.cache.get(cache_key, request.policy.max_cache_age(upstream.name))
             if hit is not None:
-                raw = hit.answer
                 lookup.detail = f"cache hit, {rt.cache.age(hit):.0f} s old"
+                return hit.answer, None
 
-        if raw is None:
-            # Vendor terms and limit rules count calls to the upstream; cache hits
-            # and local answers make none.
-            quotas = _quotas(upstream, client.id, decision)
-            if quotas:
-                wait = await rt.limiter.acquire(quotas)
-                if wait is not None:
-                    lookup.decision = "deny"
-                    lookup.error = "limit.exceeded"
-                    retry = min(self.limits.max_retry_after, max(1, int(wait + 0.999)))
-                    raise RateLimited(
-                        "the vendor's terms or a limit rule hold this client back; retry later",
-                        headers={"Retry-After": str(retry)},
-                        extra={"retry_after": retry},
-                    )
-            await self._audit("lookup.intent", request_id, lookup, started)
-            lookup.intent_committed = True
-            upstream_started = time.perf_counter()
-            if rt.tracing:
-                with rt.tracer.start_as_current_span(
-                    "gateway.upstream", kind=SpanKind.CLIENT
-                ) as span:
-                    span.set_attributes(
-                        {"gateway.upstream": upstream_name, "gateway.route": route.template}
-                    )
-                    raw = await self._forward(
-                        upstream, method, fwd_path, fwd_query, headers, scope, receive
-                    )
-                    span.set_attribute("http.response.status_code", raw.status)
-            else:
-                raw = await self._forward(
-                    upstream, method, fwd_path, fwd_query, headers, scope, receive
+        await self._audit("lookup.intent", lookup.request_id or "", lookup, started)
+        lookup.intent_committed = True
+        upstream_started = time.perf_counter()
+        call = self._upstream_request(request, fwd_path, fwd_query, scope, receive)
+        if rt.tracing:
+            with rt.tracer.start_as_current_span("gateway.upstream", kind=SpanKind.CLIENT) as span:
+                span.set_attributes(
+                    {"gateway.upstream": upstream.name, "gateway.route": request.route.template}
                 )
-            upstream.observe_round_trip(time.perf_counter() - started)
-            lookup.upstream_status = raw.status
-            rt.metrics.upstream_latency(upstream_name, time.perf_counter() - upstream_started)
+                raw = await self._send(upstream, call)
+                span.set_attribute("http.response.status_code", raw.status)
         else:
-            cache_key = None  # already cached
+            raw = await self._send(upstream, call)
+        lookup.upstream_status = raw.status
+        rt.metrics.upstream_latency(upstream.name, time.perf_counter() - upstream_started)
+        return raw, cache_key
 
+    def _upstream_request(
+        self,
+        request: Identified,
+        path: str,
+        query: list[tuple[str, str]],
+        scope: _Scope,
+        receive: _Receive,
+    ) -> UpstreamRequest:
+        """The call to send: filtered headers, the upstream's credential, a safe URL."""
+        upstream = request.upstream
+        out_headers = request.headers.forwardable()
+        out_headers.append(("accept-encoding", "identity"))
+        if upstream.key_param is not None:
+            query = [*query, (upstream.key_param, upstream.credential())]
+        elif upstream.key_header is not None:
+            out_headers.append((upstream.key_header, upstream.credential()))
+        url = (
+            upstream.base_url
+            + quote(path, safe="/:@!$&'()*+,;=-._~")
+            + ("?" + urlencode(query) if query else "")
+        )
+        body = None
+        if request.method in ("POST", "PUT", "PATCH"):
+            body = self._body(scope, receive, request.headers)
+        return UpstreamRequest(method=request.method, url=url, headers=out_headers, body=body)
+
+    async def _send(self, upstream: UpstreamRuntime, call: UpstreamRequest) -> UpstreamAnswer:
+        """Ask the transport, within the breaker and the upstream's connection slots."""
+        if not upstream.breaker.allow():
+            raise _circuit_open(upstream)
+        slots = upstream.slots
+        if slots.locked():
+            # Every connection to this upstream is busy: wait briefly, then say so
+            # instead of queueing callers until the total timeout (catalogue 2 #21).
+            try:
+                await asyncio.wait_for(slots.acquire(), self.limits.pool_timeout)
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    "every connection to the upstream is busy; retry shortly",
+                    code="upstream.busy",
+                    headers={"Retry-After": "1"},
+                ) from None
+        else:
+            await slots.acquire()
+        try:
+            return await self.rt.transport.send(call)
+        except GatewayError as error:
+            if error.code not in NOT_A_FAILURE:
+                upstream.breaker.failure()
+            raise
+        finally:
+            slots.release()
+
+    # -- 4. answer ---------------------------------------------------------------------
+
+    async def answer(
+        self, request: Identified, plan: Plan, raw: UpstreamAnswer, lookup: _Lookup
+    ) -> tuple[UpstreamAnswer, bool]:
+        """What the caller gets from the upstream's answer, and whether it was neutralized."""
+        rt, upstream, route, policy = self.rt, request.upstream, request.route, request.policy
         classification = upstream.adapter.classify(route, raw)
         lookup.outcome = classification.outcome
         if classification.outcome == "throttled":
@@ -362,39 +644,92 @@ class Proxy:
                 code="upstream.bad_response" if raw.status < 500 else "upstream.unavailable",
             )
         upstream.breaker.success()
-        if (
-            cache_key is not None
-            and rt.cache is not None
-            and classification.outcome
-            in (
-                "found",
-                "missing",
-            )
-        ):
-            rt.cache.put(cache_key, raw)
 
-        neutral: set[Subject] = set(objected)
-        outcomes = {o for s, o in classification.per_subject.items() if s not in objected}
+        context = request.context
+        revealed: set[Subject] = set()
+        if classification.outcome == "found":
+            # An answer that reveals an objected person's identifier is theirs too:
+            # neutralized, and the identifier linked to them (gateway.identity).
+            revealed = await objected_in_answer(rt.identity, upstream.adapter, route, raw)
+            if revealed:
+                plan = msgspec.structs.replace(
+                    plan, objected=plan.objected | revealed, local=plan.local | revealed
+                )
+                if revealed == set(route.subjects):
+                    lookup.outcome = "objected"
+        self._note_outcomes(request, plan, lookup, classification.per_subject)
+        neutral: set[Subject] = set(plan.local)
+        outcomes = {o for s, o in classification.per_subject.items() if s not in plan.local}
         for outcome in outcomes & NEUTRAL_OUTCOMES:
             after = rt.evaluate(msgspec.structs.replace(context, outcome=outcome), policy)
             _merge_rules(lookup, after)
             if after.neutralize:
                 neutral |= {s for s, o in classification.per_subject.items() if o == outcome}
-        final = decision
+        final = plan.decision
         if "found" in outcomes:
             final = rt.evaluate(msgspec.structs.replace(context, outcome="found"), policy)
             _merge_rules(lookup, final)
         if neutral:
+            ids = await neutral_ids(rt.identity, upstream.adapter, route.template, neutral)
             answer = upstream.adapter.neutral_answer(
-                route, raw, neutral, upstream.config.neutral.score
+                route, raw, neutral, upstream.config.neutral.score, ids
             )
             lookup.decision = "neutralize"
         else:
             answer = upstream.adapter.canonical(raw)
-        answer = self._transform(upstream, route, answer, final)
-        lookup.status = answer.status
-        await self._audit("lookup", request_id, lookup, started)
-        return answer, self._neutral_headers(policy) if neutral else []
+        answer = self._people_inside(request, answer, lookup)
+        return self._transform(upstream, route, answer, final), bool(neutral)
+
+    def _people_inside(
+        self, request: Identified, answer: UpstreamAnswer, lookup: _Lookup
+    ) -> UpstreamAnswer:
+        """Check every person inside the answer like the person asked about.
+
+        Objected people are left out (counts kept consistent) or, if the policy
+        says so, neutralized in place; either way their score leaves nowhere."""
+        adapter = request.upstream.adapter
+        people = adapter.people(request.route, answer)
+        if not people:
+            return answer
+        asked = set(request.route.subjects)
+        withheld = [p for p in people if self.objected(request, p.subjects)]
+        for person in people:
+            if asked.isdisjoint(person.subjects):
+                role: PersonRole = "withheld" if person in withheld else "disclosed"
+                lookup.people.append((role, person.subjects))
+        if not withheld:
+            return answer
+        settings = request.policy.policy.settings
+        score = None
+        if settings.people_inside_answers == "neutralize":
+            score = request.upstream.config.neutral.score
+        return adapter.withhold(request.route, answer, withheld, score)
+
+    async def answer_locally(
+        self, request: Identified, plan: Plan, lookup: _Lookup
+    ) -> tuple[UpstreamAnswer, bool]:
+        """The neutral answer for a lookup nobody outside the gateway may see:
+        everyone asked about is objected, or holds an id the gateway issued."""
+        upstream, route = request.upstream, request.route
+        ids = await neutral_ids(self.rt.identity, upstream.adapter, route.template, route.subjects)
+        answer = upstream.adapter.neutral_answer(
+            route, None, set(route.subjects), upstream.config.neutral.score, ids
+        )
+        lookup.outcome, lookup.decision = plan.local_outcome, "neutralize"
+        self._note_outcomes(request, plan, lookup, {})
+        return self._transform(upstream, request.route, answer, plan.decision), True
+
+    def _note_outcomes(
+        self, request: Identified, plan: Plan, lookup: _Lookup, per_subject: dict[Subject, Outcome]
+    ) -> None:
+        """Each asked person's own outcome, for the record's people."""
+        for subject, pseudonym in request.pseudonyms.items():
+            if subject in plan.objected:
+                lookup.outcomes[pseudonym] = "objected"
+            elif subject in plan.local:
+                lookup.outcomes[pseudonym] = "missing"  # an id the gateway issued
+            elif subject in per_subject:
+                lookup.outcomes[pseudonym] = per_subject[subject]
 
     # -- steps -------------------------------------------------------------------------
 
@@ -463,124 +798,6 @@ class Proxy:
         if presented is None:
             return None, query
         return self.rt.client_keys.identify(presented, policy), query
-
-    async def _forward(
-        self,
-        upstream: UpstreamRuntime,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]],
-        headers: InboundHeaders,
-        scope: _Scope,
-        receive: _Receive,
-    ) -> UpstreamAnswer:
-        if not upstream.breaker.allow():
-            raise ServiceUnavailable(
-                "the upstream is failing; the gateway is not calling it for a moment",
-                code="upstream.circuit_open",
-                headers={"Retry-After": str(int(upstream.breaker.reset_after) or 1)},
-            )
-        slots = upstream.slots
-        if slots.locked():
-            # Every connection to this upstream is busy: wait briefly, then say so
-            # instead of queueing callers until the total timeout (catalogue 2 #21).
-            try:
-                await asyncio.wait_for(slots.acquire(), self.limits.pool_timeout)
-            except TimeoutError:
-                raise ServiceUnavailable(
-                    "every connection to the upstream is busy; retry shortly",
-                    code="upstream.busy",
-                    headers={"Retry-After": "1"},
-                ) from None
-        else:
-            await slots.acquire()
-        try:
-            return await self._exchange(upstream, method, path, query, headers, scope, receive)
-        finally:
-            slots.release()
-
-    async def _exchange(
-        self,
-        upstream: UpstreamRuntime,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]],
-        headers: InboundHeaders,
-        scope: _Scope,
-        receive: _Receive,
-    ) -> UpstreamAnswer:
-        out_headers = headers.forwardable()
-        out_headers.append(("accept-encoding", "identity"))
-        if upstream.key_param is not None:
-            query = [*query, (upstream.key_param, upstream.credential())]
-        elif upstream.key_header is not None:
-            out_headers.append((upstream.key_header, upstream.credential()))
-        url = URL(
-            upstream.base_url
-            + quote(path, safe="/:@!$&'()*+,;=-._~")
-            + ("?" + urlencode(query) if query else ""),
-            encoded=True,
-        )
-        body = self._body(scope, receive, headers) if method in ("POST", "PUT", "PATCH") else None
-        limits = self.limits
-        try:
-            async with self.rt.session.request(
-                method,
-                url,
-                headers=out_headers,
-                data=body,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                if 300 <= response.status < 400:
-                    upstream.breaker.failure()
-                    raise UpstreamError(
-                        "the upstream answered with a redirect, which is never followed",
-                        code="upstream.unexpected_redirect",
-                    )
-                declared = response.content_length
-                if declared is not None and declared > limits.max_response_body:
-                    raise UpstreamError(
-                        "the upstream answer is too large", code="upstream.response_too_large"
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > limits.max_response_body:
-                        raise UpstreamError(
-                            "the upstream answer is too large", code="upstream.response_too_large"
-                        )
-                    chunks.append(chunk)
-                return UpstreamAnswer(
-                    status=response.status,
-                    content_type=response.headers.get("content-type", ""),
-                    body=b"".join(chunks),
-                    retry_after=response.headers.get("retry-after"),
-                    headers=tuple(
-                        (k.lower(), v)
-                        for k, v in response.headers.items()
-                        if k.lower().startswith("x-") or k.lower() == "retry-after"
-                    ),
-                )
-        except TimeoutError:
-            upstream.breaker.failure()
-            raise UpstreamTimeout("the upstream did not answer in time") from None
-        except aiohttp.ClientSSLError:
-            upstream.breaker.failure()
-            raise UpstreamError(
-                "the upstream's TLS certificate or handshake was refused", code="upstream.tls_error"
-            ) from None
-        except aiohttp.ClientConnectorError:
-            upstream.breaker.failure()
-            raise UpstreamError(
-                "the upstream could not be reached", code="upstream.unavailable"
-            ) from None
-        except aiohttp.ClientError:
-            upstream.breaker.failure()
-            raise UpstreamError(
-                "the upstream connection failed", code="upstream.unavailable"
-            ) from None
 
     async def _body(
         self, scope: _Scope, receive: _Receive, headers: InboundHeaders
@@ -679,15 +896,37 @@ class Proxy:
         )
 
     def _people(self, request_id: str, lookup: _Lookup, outcome: str | None) -> list[PersonRef]:
-        if not lookup.subjects:
-            return []
-        return self.rt.people.refs(request_id, ((p, "asked", outcome) for p in lookup.subjects))
+        """The record's people (decision 0001 §4): those asked about, with their own
+        outcome once known, then everyone the answer disclosed or withheld."""
+        triples = self._person_triples(lookup, outcome)
+        return self.rt.people.refs(request_id, triples) if triples else []
+
+    def _person_triples(
+        self, lookup: _Lookup, outcome: str | None
+    ) -> list[tuple[str, PersonRole, str | None]]:
+        triples: list[tuple[str, PersonRole, str | None]] = [
+            (p, "asked", lookup.outcomes.get(p, outcome) if outcome is not None else None)
+            for p in lookup.subjects
+        ]
+        if outcome is None:
+            return triples  # an intent knows only who was asked
+        pseudonym = self.rt.pseudonyms.pseudonym
+        for role, shown in lookup.people:
+            person_outcome = "objected" if role == "withheld" else "found"
+            # One reference per identifier the answer showed, so that subject access
+            # by any of them finds this record.
+            triples += [(pseudonym(s.namespace, s.identifier), role, person_outcome) for s in shown]
+        return triples
+
+    def _index(self, lookup: _Lookup) -> list[str]:
+        """Pseudonyms of everyone in the record, for the store's subject index."""
+        return [p for p, _, _ in self._person_triples(lookup, lookup.outcome or "error")]
 
     async def _audit(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> None:
         rt = self.rt
         record = self._record(kind, request_id, lookup, started)
         try:
-            await rt.audit.append(record, lookup.subjects)
+            await rt.audit.append(record, self._index(lookup))
         except AuditUnavailable:
             raise
         except Exception as exc:  # any store failure must fail closed
@@ -697,10 +936,19 @@ class Proxy:
             await rt.backlog.flush()
 
 
+# The gateway's own rules about purposes keep their own error code, which
+# integrators already switch on; the problem names the rule like any other denial.
+_PURPOSE_RULES = {
+    "policy.unknown-purpose": "purpose.not_registered",
+    "policy.purpose-not-registered": "purpose.not_registered",
+}
+
+
 def _denied(decision: Decision) -> PolicyDenied:
     rule = decision.deny
     return PolicyDenied(
         rule.reason if rule is not None else "denied by policy",
+        code=_PURPOSE_RULES.get(rule.id) if rule is not None else None,
         extra={
             "rule": rule.id if rule is not None else None,
             "reason": rule.reason if rule is not None else None,
@@ -712,6 +960,14 @@ def _denied(decision: Decision) -> PolicyDenied:
 def _peer(scope: _Scope) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
+
+
+def _circuit_open(upstream: UpstreamRuntime) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the upstream is failing; the gateway is not calling it for a moment",
+        code="upstream.circuit_open",
+        headers={"Retry-After": str(int(upstream.breaker.reset_after) or 1)},
+    )
 
 
 def _merge_rules(lookup: _Lookup, decision: Decision) -> None:

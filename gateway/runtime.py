@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import aiohttp
 from opentelemetry import trace
 
 from gateway.audit.pseudonym import Pseudonymizer
@@ -21,6 +22,7 @@ from gateway.audit.record import AnyRecord
 from gateway.cache import AnswerCache
 from gateway.clients import ClientKeys
 from gateway.errors import ServiceUnavailable
+from gateway.identity import IdentityGraph
 from gateway.limits import Limiter
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Upstream
@@ -28,6 +30,7 @@ from gateway.refusals import Refusals
 from gateway.requestid import RequestIds
 from gateway.settings import Settings
 from gateway.telemetry import Metrics
+from gateway.transport import Transport
 from gateway.upstreams.base import Adapter
 from gateway.upstreams.registry import build_adapter
 
@@ -76,6 +79,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def refusing(self) -> bool:
+        """Whether a call now would be refused, without taking the half-open probe."""
+        return self._opened_at is not None and self._clock() - self._opened_at < self.cooldown
+
     @property
     def reset_after(self) -> float:
         if self._opened_at is None:
@@ -105,7 +112,6 @@ class UpstreamRuntime:
         adapter: Adapter,
         base_url: str,
         credential: Callable[[], str],
-        initial_round_trip: float,
         connections: int = 100,
     ) -> None:
         self.name = config.name
@@ -116,7 +122,6 @@ class UpstreamRuntime:
         self.key_param = config.credential.query_param
         self.key_header = config.credential.header
         self.breaker = CircuitBreaker()
-        self._round_trip = initial_round_trip
         self._slots: asyncio.Semaphore | None = None
         self.connections = connections
 
@@ -127,12 +132,58 @@ class UpstreamRuntime:
             self._slots = asyncio.Semaphore(self.connections)
         return self._slots
 
-    def observe_round_trip(self, seconds: float) -> None:
-        """Exponentially weighted mean of real lookups, for local answers' delay."""
-        self._round_trip += 0.05 * (min(seconds, 5.0) - self._round_trip)
 
-    def typical_round_trip(self, jitter: float) -> float:
-        return self._round_trip * (0.75 + 0.5 * jitter)
+class AnswerTimes:
+    """How long vendor-bound lookups of each route took, as the caller saw them.
+
+    Answers that never reach the vendor (objected people, ids the gateway issued,
+    cache hits) are held until a time drawn from the recent end-to-end times of
+    vendor-bound answers of the same route, so their time distribution is the
+    vendor's, not a constant. The samples belong to the runtime, not to a policy
+    version: a policy reload keeps them (it used to reset them to a guess).
+
+    Before a route has ``min_samples`` of its own, the upstream's samples stand
+    in; before those, ``fallback`` with +-25% jitter.
+    """
+
+    def __init__(
+        self,
+        fallback: float,
+        *,
+        size: int = 128,
+        min_samples: int = 32,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.fallback = fallback
+        self.size = size
+        self.min_samples = min_samples
+        self._rng = rng or random.Random()
+        self._by_route: dict[tuple[str, str], deque[float]] = {}
+        self._by_upstream: dict[str, deque[float]] = {}
+        # How late a held answer leaves after its target (the event loop wakes a
+        # sleeper late under load, while a vendor's answer waited for the loop
+        # inside its measured time): subtracted from later waits.
+        self.lateness = 0.0
+
+    def left_at(self, target: float, actual: float) -> None:
+        """A held answer meant to leave at ``target`` s left at ``actual`` s."""
+        error = max(-0.05, min(0.05, actual - target))
+        self.lateness = max(0.0, self.lateness + 0.05 * error)
+
+    def observe(self, upstream: str, route: str, seconds: float) -> None:
+        seconds = min(seconds, 5.0)  # one stalled call must not set the pace
+        for samples in (
+            self._by_route.setdefault((upstream, route), deque(maxlen=self.size)),
+            self._by_upstream.setdefault(upstream, deque(maxlen=self.size)),
+        ):
+            samples.append(seconds)
+
+    def draw(self, upstream: str, route: str) -> float:
+        """A time for one local answer: a random recent vendor-bound time of the route."""
+        for samples in (self._by_route.get((upstream, route)), self._by_upstream.get(upstream)):
+            if samples is not None and len(samples) >= self.min_samples:
+                return samples[self._rng.randrange(len(samples))]
+        return self.fallback * (0.75 + 0.5 * self._rng.random())
 
 
 class GatewayRuntime:
@@ -145,12 +196,13 @@ class GatewayRuntime:
         audit: AuditSink,
         backlog: OutcomeSink,
         limiter: Limiter,
-        session: aiohttp.ClientSession,
+        transport: Transport,
         pseudonyms: Pseudonymizer,
         client_keys: ClientKeys,
         request_ids: RequestIds | None = None,
         id_key: bytes,
         metrics: Metrics,
+        identity: IdentityGraph,
         tracer: trace.Tracer | None = None,
         cache: AnswerCache | None = None,
         demo_credentials: dict[str, str] | None = None,
@@ -163,7 +215,7 @@ class GatewayRuntime:
         self.audit = audit
         self.backlog = backlog
         self.limiter = limiter
-        self.session = session
+        self.transport = transport
         self.pseudonyms = pseudonyms
         self.people = pseudonyms.committer()
         self.request_ids = request_ids or RequestIds()
@@ -172,10 +224,15 @@ class GatewayRuntime:
         self.cache = cache
         # Refusals of requests no client was identified for (gateway/refusals.py).
         self.refusals = refusals
+        # The identity graph: objections by person, links, issued ids (gateway.identity).
+        self.identity = identity
         self.tracer = tracer or trace.NoOpTracer()
         # Spans cost microseconds even when no-op: the hot path skips them when off.
         self.tracing = tracer is not None and not isinstance(tracer, trace.NoOpTracer)
         self.clock = clock
+        self.answer_times = AnswerTimes(settings.limits.local_answer_delay)
+        # False while the shared limiter cannot be reached: /readyz says so.
+        self.limiter_ok = True
         self._id_key = id_key
         self._demo_credentials = demo_credentials or {}
         self._upstreams: dict[tuple[str, str], UpstreamRuntime] = {}
@@ -196,7 +253,6 @@ class GatewayRuntime:
             build_adapter(config, self._id_key),
             base_url,
             self._credential_reader(config),
-            self.settings.limits.local_answer_delay,
             self.settings.limits.upstream_connections,
         )
         # The breaker and the connection slots belong to the upstream, not to a

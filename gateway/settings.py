@@ -30,9 +30,13 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     read_timeout: float = 5.0
     total_timeout: float = 8.0
     max_retry_after: int = 60
-    # A locally answered (objected, neutral-id) lookup waits about as long as an
-    # upstream round trip, so timing does not tell objectors apart.
+    # Answers that never reach the vendor (objected people, gateway-issued ids,
+    # cache hits) wait as long as a vendor-bound answer of the same route took,
+    # drawn from recent ones; this is the guess used before any were measured.
     local_answer_delay: float = 0.02
+    # Off only to measure what timing parity is worth (bench/, the KS test's
+    # negative control): local answers then wait local_answer_delay +-25%.
+    timing_parity: bool = True
     upstream_connections: int = 100
     # How long a lookup waits for a free upstream connection before 503 upstream.busy.
     pool_timeout: float = 0.25
@@ -84,6 +88,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     policy_reload_interval: float = 1.0
     admin_token_hashes: tuple[str, ...] = ()
+    # The pseudonym secret, the same for every replica (else GATEWAY_PSEUDONYM_SECRET,
+    # else the data directory's generated key).
+    pseudonym_secret_file: Path | None = None
     # Upstream answers kept for reuse (0: no cache). Never older than the upstream's
     # terms.max_cache_age nor cache_max_age, whichever is shorter.
     cache_entries: int = 0
@@ -138,6 +145,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "CACHE_ENTRIES": ("cache_entries", int),
     "CACHE_MAX_AGE": ("cache_max_age", float),
     "DEMO_UPSTREAM_PORT": ("demo_upstream_port", int),
+    "PSEUDONYM_SECRET_FILE": ("pseudonym_secret_file", Path),
 }
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.audit.pseudonym import Pseudonymizer
 from gateway.cli import main
 from gateway.clients import key_hash, load_admin_hashes, load_issued_keys
 from gateway.policies.loader import read_policy
@@ -81,51 +80,68 @@ def test_clients_add_refuses_an_unknown_purpose_and_leaves_the_file(
     assert not (tmp_path / "var" / "client-keys.json").exists()
 
 
-def test_objections_add_writes_pseudonyms_never_the_identifier(
+def test_objections_add_list_remove_print_no_identifier_and_audit_each_act(
     policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "var"
-    assert (
-        main(
-            [
-                "objections",
-                "add",
-                "--upstream",
-                "klout",
-                "--subject",
-                "Carol_OptedOut",
-                "--policies",
-                str(policy),
-                "--data-dir",
-                str(data),
-            ]
-        )
-        == 0
-    )
+    """An objection names one person by several identifiers; the store keeps only
+    pseudonyms, the output only counts and shortened pseudonyms, and the add and the
+    remove are both audit records that the person's subject access finds."""
+    data = str(tmp_path / "var")
+    common = ["--upstream", "klout", "--policies", str(policy), "--data-dir", data]
+    assert main(["keys", "generate", "--data-dir", data]) == 0
     text = policy.read_text()
-    assert "carol" not in text.lower()
-    assert "carol" not in capsys.readouterr().out.lower()
-    expected = Pseudonymizer.load_or_create(data).pseudonym("twitter_screen_name", "carol_optedout")
-    assert expected in read_policy(policy).policy.objections
-    # Adding the same person again changes nothing.
-    assert (
-        main(
-            [
-                "objections",
-                "add",
-                "--upstream",
-                "klout",
-                "--subject",
-                "carol_optedout",
-                "--policies",
-                str(policy),
-                "--data-dir",
-                str(data),
-            ]
-        )
-        == 0
-    )
-    assert policy.read_text() == text
+    capsys.readouterr()
+    add = ["objections", "add", "--subject", "Bob_Example", "--subject", "twitter_id:1002"]
+    assert main([*add, *common]) == 0
+    out = capsys.readouterr().out
+    assert "objected 1 person: 2 identifier(s) given, as 2 pseudonym(s)" in out
+    assert "linked: 2 identifier(s) now belong to this person" in out
+    assert policy.read_text() == text  # objections live in the store now
+    assert main(["objections", "list", "--data-dir", data]) == 0
+    listed = capsys.readouterr().out
+    assert "2 identifier(s) linked" in listed
+    assert "by cli:" in listed
+    remove = ["objections", "remove", "--subject", "1002"]
+    assert main([*remove, *common]) == 0
+    assert "withdrew the objection of 1 person(s)" in capsys.readouterr().out
+    assert main(["objections", "list", "--data-dir", data]) == 0
+    assert capsys.readouterr().out == ""
+    printed = out + listed
+    assert "bob" not in printed.lower()
+    assert "1002" not in printed
+
+    export = tmp_path / "audit.jsonl"
+    assert main(["audit", "export", "--out", str(export), "--data-dir", data]) == 0
+    lines = [json.loads(line) for line in export.read_text().splitlines()]
+    records = [line["record"] for line in lines if line["type"] == "record"]
+    acts = [r for r in records if r["kind"].startswith("objection.")]
+    assert [a["kind"] for a in acts] == ["objection.add", "objection.remove"]
+    assert acts[0]["count"] == 2
+    assert acts[0]["actor"].startswith("cli:")
+    assert [p["o"] for p in acts[0]["people"]] == ["objected", "objected"]
+    assert "bob" not in export.read_text().lower()
+    capsys.readouterr()
+    assert main(["keys", "public", "--data-dir", data]) == 0
+    keys = tmp_path / "keys.pem"
+    keys.write_text(capsys.readouterr().out)
+    assert main(["audit", "verify", str(export), "--public-key", str(keys)]) == 0
+    capsys.readouterr()
+    subject = ["audit", "subject", "--subject", "bob_example", *common]
+    assert main(subject) == 0
+    found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [f["record"]["kind"] for f in found] == ["objection.add", "objection.remove"]
+
+
+def test_objections_add_refuses_an_identifier_the_api_does_not_use(
+    policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(tmp_path / "var")
+    assert main(["keys", "generate", "--data-dir", data]) == 0
+    args = ["objections", "add", "--upstream", "klout", "--policies", str(policy)]
+    assert main([*args, "--data-dir", data, "--subject", "ok_name", "--subject", "bad name!"]) == 1
+    err = capsys.readouterr().err
+    assert "identifier 2 is not one upstream 'klout' uses" in err
+    assert "bad name" not in err
 
 
 def test_admin_token_is_shown_once_and_stored_as_a_hash(

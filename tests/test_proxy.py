@@ -94,16 +94,42 @@ def test_caller_key_is_swapped_for_the_upstream_credential(
     }
 
 
-def test_query_order_is_kept_and_the_key_removed(
+def test_declared_parameters_are_forwarded_and_the_key_removed(
     gateway: RunningGateway, client: httpx.Client
 ) -> None:
-    r = client.get(
-        "/klout/v2/identity.json/twitter?zeta=1&screenName=alice_example&key=demo-crm-key&alpha=2"
-    )
+    r = client.get("/klout/v2/identity.json/twitter?screenName=alice_example&key=demo-crm-key")
     assert r.status_code == 200
     assert gateway.upstream.received[-1].query_string == (
-        f"zeta=1&screenName=alice_example&alpha=2&key={DEMO_UPSTREAM_KEY}"
+        f"screenName=alice_example&key={DEMO_UPSTREAM_KEY}"
     )
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/klout/v2/identity.json/tw/1001?screenName=bob_example", id="smuggled-name"),
+        pytest.param("/klout/v2/identity.json/twitter?screenName=alice_example&zeta=1", id="extra"),
+        pytest.param("/klout/v2/user.json/5001/score?users=bob_example", id="other-routes-param"),
+        pytest.param("/klout/1/klout.json?users=alice_example&callback=x", id="jsonp-callback"),
+        pytest.param("/klout/v2/user.json/5001?bob_example=", id="identifier-as-name"),
+    ],
+)
+def test_undeclared_query_parameters_are_refused_and_never_forwarded(
+    gateway: RunningGateway, client: httpx.Client, target: str
+) -> None:
+    """Each route forwards only the parameters it declares: anything else is a 400
+    ``request.unknown_parameter`` that neither echoes it nor reaches the vendor."""
+    before = len(gateway.upstream.received)
+    r = client.get(target + "&key=demo-crm-key")
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["code"] == "request.unknown_parameter"
+    assert body["request_id"] == r.headers["x-request-id"]
+    assert "bob_example" not in r.text
+    assert "zeta" not in r.text
+    assert "callback" not in r.text
+    assert len(gateway.upstream.received) == before
 
 
 def test_hop_by_hop_headers_are_stripped_both_ways(tmp_path: Path) -> None:

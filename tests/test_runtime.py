@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.policies.model import Neutral, Upstream
-from gateway.runtime import CircuitBreaker, UpstreamRuntime
-from gateway.upstreams.klout import KloutAdapter
+import random
+
+from gateway.runtime import AnswerTimes, CircuitBreaker
 
 
 class Clock:
@@ -34,16 +34,21 @@ def test_breaker_opens_after_consecutive_failures_and_probes_after_cooldown() ->
     assert not breaker.open
 
 
-def test_local_answers_wait_about_as_long_as_real_round_trips() -> None:
-    """Objected people are answered without the upstream, after a delay that tracks
-    real lookups, so response time does not single them out."""
-    config = Upstream(name="klout", adapter="klout", base_url="http://x", neutral=Neutral(score=40))
-    upstream = UpstreamRuntime(
-        config, KloutAdapter("klout", bytes(32)), "http://x", lambda: "k", 0.02
-    )
-    for _ in range(200):
-        upstream.observe_round_trip(0.120)
-    assert 0.115 < upstream.typical_round_trip(0.5) < 0.125
-    assert upstream.typical_round_trip(0.0) < upstream.typical_round_trip(1.0)
-    upstream.observe_round_trip(60.0)  # one stalled call does not poison the estimate
-    assert upstream.typical_round_trip(0.5) < 0.5
+def test_local_answers_take_times_drawn_from_vendor_bound_answers_of_the_route() -> None:
+    """Answers the vendor never saw wait as long as a recent vendor-bound answer of
+    the same route took, so their time distribution is the vendor's."""
+    times = AnswerTimes(0.02, min_samples=10, rng=random.Random(1))
+    for i in range(100):
+        times.observe("klout", "/v2/user.json/{kloutId}/score", 0.100 + i / 1000)
+    drawn = [times.draw("klout", "/v2/user.json/{kloutId}/score") for _ in range(500)]
+    assert all(0.100 <= d < 0.200 for d in drawn)
+    assert len(set(drawn)) > 50  # a distribution, not a constant
+    # A route without samples of its own borrows the upstream's.
+    assert 0.100 <= times.draw("klout", "/1/klout.json") < 0.200
+    times.observe("klout", "/1/klout.json", 60.0)  # a stalled call is capped
+    assert max(times.draw("klout", "/v2/user.json/{kloutId}/score") for _ in range(50)) <= 5.0
+
+
+def test_before_any_vendor_answer_local_answers_use_the_configured_guess() -> None:
+    times = AnswerTimes(0.02, rng=random.Random(2))
+    assert all(0.015 <= times.draw("klout", "/x") <= 0.025 for _ in range(100))

@@ -56,6 +56,9 @@ OPERATIONS = [
     ("GET", "/admin/audit/public-key", False, True),
     ("GET", "/admin/audit/export", True, True),
     ("GET", "/admin/audit/subject", True, True),
+    ("POST", "/admin/objections", True, True),
+    ("GET", "/admin/objections", False, True),
+    ("DELETE", "/admin/objections", True, True),
 ]
 
 

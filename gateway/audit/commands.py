@@ -16,7 +16,14 @@ from pathlib import Path
 import msgspec
 
 from gateway.audit.export import export_csv, export_jsonl, fresh_checkpoint
-from gateway.audit.pseudonym import KEY_FILE, Pseudonymizer
+from gateway.audit.graph import IdentityStore
+from gateway.audit.pseudonym import (
+    KEY_FILE,
+    SECRET_ENV,
+    SECRET_FILE_ENV,
+    PseudonymKeyError,
+    load_pseudonymizer,
+)
 from gateway.audit.signing import KeyRing, SigningKeyError
 from gateway.audit.store import AuditStore, StoreError
 from gateway.audit.subject import subject_records, with_inclusion_proofs
@@ -98,6 +105,13 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
         "--database-url",
         default=None,  # filled in from the settings: GATEWAY_DATABASE_URL
         help="PostgreSQL URL of a shared audit store (default: SQLite in the data dir)",
+    )
+    parser.add_argument(
+        "--pseudonym-secret-file",
+        type=Path,
+        default=None,
+        help="the replicas' pseudonym secret (or GATEWAY_PSEUDONYM_SECRET[_FILE]); "
+        "default: the data dir's key",
     )
 
 
@@ -187,9 +201,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_subject(args: argparse.Namespace) -> int:
     key_path: Path = args.data_dir / KEY_FILE
-    if not key_path.exists():
+    secret = (
+        args.pseudonym_secret_file
+        or os.environ.get(SECRET_FILE_ENV)
+        or (os.environ.get(SECRET_ENV))
+    )
+    if not secret and not key_path.exists():
         return _fail(f"no subject key {key_path}: no records can name anyone")
-    pseudonymizer = Pseudonymizer.load_or_create(args.data_dir)
+    try:
+        pseudonymizer = load_pseudonymizer(args.data_dir, args.pseudonym_secret_file)
+    except PseudonymKeyError as exc:
+        return _fail(f"audit.pseudonym_key_invalid: {exc}")
     if args.namespace:
         pseudonyms = [pseudonymizer.pseudonym(args.namespace, args.subject)]
     else:
@@ -207,6 +229,8 @@ def cmd_subject(args: argparse.Namespace) -> int:
     try:
         store = _open_store(args)
         try:
+            # A person is the unit: every identifier linked to the one given.
+            pseudonyms = IdentityStore(store.engine).expand(pseudonyms)
             entries = list(
                 subject_records(
                     store, pseudonyms, pseudonymizer.committer(), upstream=args.upstream

@@ -88,6 +88,7 @@ from gateway.audit.merkle import Frontier
 from gateway.audit.record import AnyRecord, record_subjects
 
 SQLITE_FILE = "audit.db"
+SCHEMA_LOCK = 0x61756469  # pg_advisory_xact_lock key held while creating tables
 READ_CHUNK = 5000
 # Bound parameters per INSERT statement: SQLite >= 3.32 allows 32766, PostgreSQL 65535.
 # Multi-row statements matter on SQLite: each statement step releases and re-takes
@@ -309,6 +310,10 @@ class AuditStore:
                 self.engine.connect().execution_options(audit_writer=True) as conn,
                 conn.begin(),
             ):
+                if self._postgres:
+                    # Replicas starting together would race on CREATE TABLE (pg_type's
+                    # unique index); one transaction-scoped lock lets them take turns.
+                    conn.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
                 SQLModel.metadata.create_all(conn, tables=TABLES)
                 if conn.execute(select(HEAD.c.size)).first() is None:
                     self._insert_ignoring_conflict(

@@ -55,11 +55,30 @@ def subject_records(
         if upstream is not None:
             if record.upstream is None and record.request_id in intents:
                 pass
+            elif record.upstream is None and record.kind == "lookup":
+                # An outcome naming someone its intent did not (a person inside
+                # the answer): its upstream is its intent's, found just before it.
+                if _intent_upstream(store, record.request_id, row.seq) != upstream:
+                    continue
             elif record.upstream != upstream:
                 continue
             if record.kind == "lookup.intent":
                 intents.add(record.request_id)
         yield SubjectEntry(seq=row.seq, record=record)
+
+
+#: How far before an outcome its intent may be: lookups in flight at once.
+INTENT_WINDOW = 10_000
+
+
+def _intent_upstream(store: AuditStore, request_id: str, seq: int) -> str | None:
+    """The upstream of the intent with ``request_id``, among the records before ``seq``."""
+    found = None
+    for row in store.iter_records(max(0, seq - INTENT_WINDOW), seq):
+        record = decode_record(row.body)
+        if record.kind == "lookup.intent" and record.request_id == request_id:
+            found = record.upstream
+    return found
 
 
 def with_inclusion_proofs(

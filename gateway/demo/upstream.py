@@ -184,7 +184,10 @@ class DemoUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     v1_missing_status: Literal[200, 404] = 200  # "No users" served with 200 or 404 [I]
     overload_rate: float = 0.0  # fraction of calls answered 503
     overload_body: str = "Service too busy"  # [B] unverified; blog post wording
-    delay_seconds: float = 0.0  # wait this long before every answer
+    delay_seconds: float = 0.0  # wait this long before every answer (the median)
+    # Spread of that wait: a log-normal with this sigma around delay_seconds, as
+    # real API latencies are (0: always exactly delay_seconds).
+    delay_sigma: float = 0.0
     fault: Fault | None = None
     huge_body_bytes: int = 8 * 1024 * 1024
     seed: int = 0  # for the random overload
@@ -200,6 +203,8 @@ class DemoUpstreamConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
             raise ValueError(f"overload_rate must be in [0, 1], got {self.overload_rate!r}")
         if not self.delay_seconds >= 0:
             raise ValueError(f"delay_seconds must be >= 0, got {self.delay_seconds!r}")
+        if not 0 <= self.delay_sigma <= 3:
+            raise ValueError(f"delay_sigma must be in [0, 3], got {self.delay_sigma!r}")
         if self.huge_body_bytes < 0:
             raise ValueError(f"huge_body_bytes must be >= 0, got {self.huge_body_bytes!r}")
         if self.received_log_size < 1:
@@ -322,7 +327,10 @@ class DemoUpstream:
         while (await receive()).get("more_body", False):
             pass  # the API reads no request bodies
         config = self.config
-        if config.delay_seconds and await _client_gone_within(receive, config.delay_seconds):
+        delay = config.delay_seconds
+        if delay and config.delay_sigma:
+            delay *= math.exp(config.delay_sigma * self._random.gauss(0.0, 1.0))
+        if delay and await _client_gone_within(receive, delay):
             return
         answer = self._mashery(scope) or self._klout_refusal(scope)
         if answer is None and config.fault == "stall_headers":

@@ -76,6 +76,26 @@ class Neutral(_Model, frozen=True, kw_only=True):
     reason: str | None = None
 
 
+class GenericPeople(_Model, frozen=True, kw_only=True):
+    """Where people appear in an answer of a generic API, and what a real entry is.
+
+    For Kred's ``{"data": [{"influence": 773, "name": "PeopleBrowsr", "outreach": 7}], ...}``::
+
+        people:
+          list: data
+          identifier: name
+          neutral_entry: '{"influence": {score}, "name": {subject}, "outreach": 0}'
+    """
+
+    # Dotted path of the list of entries, one per person (``data``).
+    list: str
+    # Field of an entry that holds the identifier that was asked (``name``).
+    identifier: str
+    # A real entry's fields, in the real order, with ``{score}`` and ``{subject}``
+    # (the identifier asked, as a JSON string) where the values go.
+    neutral_entry: str
+
+
 class GenericAdapter(_Model, frozen=True, kw_only=True):
     """Configuration of the ``generic`` adapter: an API described entirely in YAML."""
 
@@ -84,7 +104,8 @@ class GenericAdapter(_Model, frozen=True, kw_only=True):
     subject: str
     # Dotted path of the score in a success body, e.g. ``data.0.influence``.
     score_path: str
-    # Body written for a neutral answer; ``{score}`` is replaced by the number.
+    # Body written for a neutral answer the vendor was not asked for; ``{score}``
+    # is replaced by the number, ``{subject}`` by the identifier(s) asked (a JSON string).
     neutral_body: str
     neutral_status: int = 200
     neutral_content_type: str = "application/json"
@@ -97,6 +118,17 @@ class GenericAdapter(_Model, frozen=True, kw_only=True):
     throttled_status: list[int] = msgspec.field(default_factory=lambda: [429])
     throttled_header: str | None = None
     subject_separator: str | None = None
+    # Query parameters callers may send besides the subject's (for example Kred's
+    # ``source``). Any other parameter is refused and never forwarded.
+    query_params: list[str] = []
+    # Where people appear in answers; with it, a batch answer carries an entry for
+    # every person asked, in the order asked, neutral where there is no score.
+    people: GenericPeople | None = None
+    # Semantic fields a rule may redact by meaning, each mapped to every dotted
+    # path that carries it in this API's answers: ``score_trend: [data.*.trend]``.
+    semantic_fields: dict[str, list[str]] = {}
+    # The JSON type of scores in real answers: a neutral score is written the same way.
+    score_type: Literal["number", "integer"] = "number"
 
 
 class Upstream(_Model, frozen=True, kw_only=True):
@@ -144,6 +176,8 @@ class Rule(_Model, frozen=True, kw_only=True):
     source: str
     when: When = When()
     action: ActionName
+    # For ``redact``: semantic fields (``score_trend``), which each upstream's
+    # adapter maps to every place its answers carry them, or dotted paths.
     fields: list[str] | None = None
     limit: Limit | None = None
 
@@ -163,6 +197,10 @@ class Settings(_Model, frozen=True, kw_only=True):
     # On (the default): a file whose cases fail, or that names none, never goes
     # live; the last good policy stays. Off only for scratch policies.
     require_tests: bool = True
+    # What happens to an objected person inside someone else's answer (an
+    # influencer list, a batch): ``leave_out`` removes the entry and keeps the
+    # counts consistent; ``neutralize`` keeps the entry with the neutral score.
+    people_inside_answers: Literal["leave_out", "neutralize"] = "leave_out"
 
 
 class Policy(_Model, frozen=True, kw_only=True):
@@ -172,7 +210,8 @@ class Policy(_Model, frozen=True, kw_only=True):
     purposes: dict[str, str]
     clients: list[Client] = []
     upstreams: list[Upstream]
-    # Keyed HMAC pseudonyms (``gateway objections add``) of subjects who objected.
+    # Keyed HMAC pseudonyms of subjects who objected, as earlier versions of
+    # ``gateway objections add`` wrote them; still honoured (gateway.identity).
     objections: list[str] = []
     settings: Settings = Settings()
     # Required, even if empty: a file cut off before its rules must not load as a

@@ -33,7 +33,8 @@ _HELP: dict[str, dict[str, str]] = {
         "clients": "The internal systems allowed to call the gateway.",
         "upstreams": "The scoring services the gateway may contact; no other host is.",
         "objections": "Pseudonyms (hmac-sha256:...) of people who objected to being "
-        "scored; they get the neutral score and are never sent upstream.",
+        "scored, as earlier versions wrote them; still honoured. New objections go to "
+        "the store: gateway objections add.",
         "settings": "Policy-wide switches.",
         "rules": "The rules, in order. Deny wins; every matching rule is listed.",
     },
@@ -80,7 +81,8 @@ _HELP: dict[str, dict[str, str]] = {
         "source": "The law or terms clause, with a link.",
         "when": "Conditions; all given must hold. Leave out to apply to every lookup.",
         "action": "deny, neutralize, redact (needs fields), coarsen, or limit (needs limit).",
-        "fields": "For redact: the answer fields to remove (dotted paths).",
+        "fields": "For redact: what to remove, by meaning (score_trend, score_class, "
+        "reach: every place the API carries it) or as dotted paths.",
         "limit": "For limit: calls per second and/or per day.",
     },
     "When": {
@@ -107,6 +109,13 @@ _HELP: dict[str, dict[str, str]] = {
         "goes live only if all of them pass.",
         "require_tests": "When true (the default), a file whose test cases fail, or that "
         "names none, never goes live; the previous policy stays in force.",
+        "people_inside_answers": "An objected person inside someone else's answer: "
+        "leave_out (counts kept consistent) or neutralize in place.",
+    },
+    "GenericPeople": {
+        "list": "Dotted path of the list of entries, one per person (Kred: data).",
+        "identifier": "Field of an entry holding the identifier asked (Kred: name).",
+        "neutral_entry": "A real entry's fields in order, with {score} and {subject}.",
     },
 }
 

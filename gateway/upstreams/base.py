@@ -14,6 +14,7 @@ Adapters are pure: no I/O, no clock. The proxy does the calling.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import msgspec
@@ -44,6 +45,21 @@ class RouteMatch(msgspec.Struct, frozen=True, kw_only=True):
     # Subjects the gateway can answer without the upstream (e.g. a neutral id it
     # issued earlier in a two-step flow).
     local_subjects: tuple[Subject, ...] = ()
+    # The query parameters this route declares. Any other is refused
+    # (``request.unknown_parameter``) and never forwarded: an undeclared parameter
+    # could carry an identifier past the objection check.
+    params: frozenset[str] = frozenset()
+
+
+class Embedded(msgspec.Struct, frozen=True, kw_only=True):
+    """A person inside an answer who was not (necessarily) the one asked about:
+    an influencer, an soi entry, a batch entry. ``subjects`` are every identifier
+    the answer shows for them; ``place`` is the list holding the entry and the
+    entry's index in it, so it can be left out or neutralized."""
+
+    subjects: tuple[Subject, ...]
+    place: tuple[str | int, ...]
+    index: int
 
 
 class UpstreamAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +85,9 @@ class Adapter(Protocol):
     name: str
     #: Statuses and content type of the API's normal success answers.
     success_content_type: str
+    #: Id spaces where neutral answers carry ids the gateway issues, with the
+    #: (shortest, longest) length of real ids before any has been seen.
+    id_lengths: Mapping[str, tuple[int, int]]
 
     def match(self, method: str, path: str, query: list[tuple[str, str]]) -> RouteMatch | None:
         """Return the route and subjects, or ``None`` for a route this API lacks."""
@@ -90,9 +109,30 @@ class Adapter(Protocol):
         answer: UpstreamAnswer | None,
         neutral: set[Subject],
         score: float,
+        ids: Mapping[tuple[Subject, str], str] | None = None,
     ) -> UpstreamAnswer:
         """An answer in the API's success shape with ``score`` for each subject in
-        ``neutral``, merged into ``answer`` where it holds other subjects' data."""
+        ``neutral``, merged into ``answer`` where it holds other subjects' data.
+        ``ids`` are the neutral ids issued for them, by (subject, namespace)."""
+
+    def neutral_id_namespaces(self, template: str) -> tuple[str, ...]:
+        """Id spaces of the ids a neutral answer on ``template`` carries per subject."""
+
+    def identities(self, route: RouteMatch, answer: UpstreamAnswer) -> list[tuple[Subject, ...]]:
+        """Groups of identifiers a found answer shows to belong to one person."""
+
+    def people(self, route: RouteMatch, answer: UpstreamAnswer) -> list[Embedded]:
+        """Every person inside ``answer``, where the route declares people appear."""
+
+    def withhold(
+        self,
+        route: RouteMatch,
+        answer: UpstreamAnswer,
+        people: list[Embedded],
+        neutral_score: float | None,
+    ) -> UpstreamAnswer:
+        """``answer`` without ``people``: left out with counts kept consistent
+        (``neutral_score`` ``None``), or neutralized in place with that score."""
 
     def transform(
         self, route: RouteMatch, answer: UpstreamAnswer, redact: tuple[str, ...], coarsen: bool

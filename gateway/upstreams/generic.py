@@ -15,6 +15,7 @@ Kred's ``data: []`` for an unknown person is ``missing_path: data``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ from gateway.policies.model import GenericAdapter as GenericConfig
 from gateway.policies.model import Outcome
 from gateway.upstreams.base import (
     Classification,
+    Embedded,
     InvalidSubject,
     RouteMatch,
     Subject,
@@ -41,6 +43,7 @@ class GenericAdapter:
         self.name = name
         self.config = config
         self.success_content_type = config.neutral_content_type
+        self.id_lengths: Mapping[str, tuple[int, int]] = {}
         kind, _, where = config.subject.partition(":")
         if kind not in ("query", "path") or not where:
             raise ValueError(f"subject must be query:NAME or path:INDEX, got {config.subject!r}")
@@ -49,6 +52,9 @@ class GenericAdapter:
         self._kind = kind
         self._where = where
         self._namespace = f"{name}:{config.subject}"
+        self._params = frozenset(config.query_params) | (
+            {where} if kind == "query" else frozenset()
+        )
 
     def match(self, method: str, path: str, query: list[tuple[str, str]]) -> RouteMatch | None:
         if method not in ("GET", "POST"):
@@ -58,7 +64,7 @@ class GenericAdapter:
             if len(values) != 1:
                 raise InvalidSubject(f"this route takes exactly one {self._where}= parameter")
             subjects = self._subjects(values[0])
-            return RouteMatch(template=path, subjects=subjects)
+            return RouteMatch(template=path, subjects=subjects, params=self._params)
         segments = path.split("/")[1:]
         index = int(self._where)
         if index >= len(segments):
@@ -66,7 +72,9 @@ class GenericAdapter:
         subjects = self._subjects(segments[index])
         template_segments = list(segments)
         template_segments[index] = "{subject}"
-        return RouteMatch(template="/" + "/".join(template_segments), subjects=subjects)
+        return RouteMatch(
+            template="/" + "/".join(template_segments), subjects=subjects, params=self._params
+        )
 
     def _subjects(self, raw: str) -> tuple[Subject, ...]:
         parts = raw.split(self.config.subject_separator) if self.config.subject_separator else [raw]
@@ -104,7 +112,12 @@ class GenericAdapter:
             outcome = self._classify_body(answer.body)
         else:
             outcome = "error"
-        return Classification(outcome=outcome, per_subject={s: outcome for s in route.subjects})
+        per: dict[Subject, Outcome] = {s: outcome for s in route.subjects}
+        if outcome == "found" and c.people is not None and len(route.subjects) > 1:
+            # A batch: each person asked is found only if the answer has their entry.
+            shown = {_key(s.identifier) for s in self._entry_subjects(answer)}
+            per = {s: "found" if _key(s.identifier) in shown else "missing" for s in per}
+        return Classification(outcome=outcome, per_subject=per)
 
     def _classify_body(self, body: bytes) -> Outcome:
         try:
@@ -127,13 +140,88 @@ class GenericAdapter:
         answer: UpstreamAnswer | None,
         neutral: set[Subject],
         score: float,
+        ids: Mapping[tuple[Subject, str], str] | None = None,
     ) -> UpstreamAnswer:
-        body = self.config.neutral_body.replace("{score}", msgspec.json.encode(score).decode())
+        c = self.config
+        value = self._score(score)
+        frame: Any = None
+        if answer is not None and 200 <= answer.status < 300:
+            frame = _decode(answer.body)
+        if c.people is None or not isinstance(get_path(frame, c.people.list), list):
+            body = c.neutral_body.replace("{score}", msgspec.json.encode(value).decode())
+            subject = ",".join(s.identifier for s in route.subjects)
+            body = body.replace("{subject}", msgspec.json.encode(subject).decode())
+            frame = msgspec.json.decode(body.encode())
+        if c.people is not None:
+            entries = get_path(frame, c.people.list)
+            if isinstance(entries, list):
+                # One entry per person asked, in the order asked: the real one where
+                # there is a score, a neutral one in the real entry's shape elsewhere.
+                real = {
+                    _key(str(e.get(c.people.identifier))): e for e in entries if isinstance(e, dict)
+                }
+                entries[:] = [
+                    real[_key(s.identifier)]
+                    if s not in neutral and _key(s.identifier) in real
+                    else self._neutral_entry(s, value)
+                    for s in route.subjects
+                ]
         return UpstreamAnswer(
-            status=self.config.neutral_status,
-            content_type=self.config.neutral_content_type,
-            body=msgspec.json.encode(msgspec.json.decode(body)),
+            status=c.neutral_status if answer is None or answer.status >= 300 else answer.status,
+            content_type=c.neutral_content_type,
+            body=msgspec.json.encode(frame),
         )
+
+    def _score(self, score: float) -> float | int:
+        return round(score) if self.config.score_type == "integer" else score
+
+    def _neutral_entry(self, subject: Subject, value: float | int) -> Any:
+        assert self.config.people is not None
+        text = self.config.people.neutral_entry.replace(
+            "{score}", msgspec.json.encode(value).decode()
+        ).replace("{subject}", msgspec.json.encode(subject.identifier).decode())
+        return msgspec.json.decode(text.encode())
+
+    def _entry_subjects(self, answer: UpstreamAnswer) -> list[Subject]:
+        return [p.subjects[0] for p in self.people_in(answer) if p.subjects]
+
+    def people(self, route: RouteMatch, answer: UpstreamAnswer) -> list[Embedded]:
+        return self.people_in(answer)
+
+    def people_in(self, answer: UpstreamAnswer) -> list[Embedded]:
+        people = self.config.people
+        if people is None:
+            return []
+        entries = get_path(_decode(answer.body), people.list)
+        if not isinstance(entries, list):
+            return []
+        place = tuple(people.list.split("."))
+        found = []
+        for i, entry in enumerate(entries):
+            value = entry.get(people.identifier) if isinstance(entry, dict) else None
+            subjects = (Subject(self._namespace, str(value)),) if value is not None else ()
+            found.append(Embedded(subjects=subjects, place=place, index=i))
+        return found
+
+    def withhold(
+        self,
+        route: RouteMatch,
+        answer: UpstreamAnswer,
+        people: list[Embedded],
+        neutral_score: float | None,
+    ) -> UpstreamAnswer:
+        doc = _decode(answer.body)
+        for person in sorted(people, key=lambda p: -p.index):
+            entries = get_path(doc, ".".join(str(step) for step in person.place))
+            if not isinstance(entries, list) or person.index >= len(entries):
+                continue
+            if neutral_score is None:
+                del entries[person.index]
+            else:
+                entries[person.index] = self._neutral_entry(
+                    person.subjects[0], self._score(neutral_score)
+                )
+        return msgspec.structs.replace(answer, body=msgspec.json.encode(doc))
 
     def transform(
         self, route: RouteMatch, answer: UpstreamAnswer, redact: tuple[str, ...], coarsen: bool
@@ -142,13 +230,21 @@ class GenericAdapter:
             doc: Any = msgspec.json.decode(answer.body)
         except msgspec.DecodeError:
             return answer
-        for path in redact:
-            redact_path(doc, path)
+        semantic = self.config.semantic_fields
+        for field in redact:
+            for path in semantic.get(field, [field]):
+                redact_path(doc, path)
         if coarsen:
             value = get_path(doc, self.config.score_path)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 _set_path(doc, self.config.score_path, float(int(value // 10) * 10))
         return msgspec.structs.replace(answer, body=msgspec.json.encode(doc))
+
+    def neutral_id_namespaces(self, template: str) -> tuple[str, ...]:
+        return ()  # neutral answers carry no id the gateway makes up
+
+    def identities(self, route: RouteMatch, answer: UpstreamAnswer) -> list[tuple[Subject, ...]]:
+        return []  # a YAML-described API names no second identifier of a person
 
     def canonical(self, answer: UpstreamAnswer) -> UpstreamAnswer:
         try:
@@ -160,6 +256,18 @@ class GenericAdapter:
             content_type=self.success_content_type,
             body=msgspec.json.encode(doc),
         )
+
+
+def _key(identifier: str) -> str:
+    """Batch entries echo names in their own case (``PeopleBrowsr`` for ``peoplebrowsr``)."""
+    return identifier.lower()
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
 
 
 def _set_path(doc: Any, path: str, value: Any) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ import msgspec
 from gateway.policies.model import Outcome
 from gateway.upstreams.base import (
     Classification,
+    Embedded,
     InvalidSubject,
     RouteMatch,
     Subject,
@@ -55,16 +57,80 @@ V1_ROUTES = {
     "/1/soi/influencer_of.json",
 }
 IDENTITY_NETWORKS = {"tw": "twitter_id", "gp": "google_id", "ig": "instagram_id"}
+REVERSE_NAMESPACES = {"tw": "twitter_id", "gp": "google_id"}
+# Id spaces in which neutral answers carry ids the gateway makes up (kloutIds of the
+# identity step, Twitter and Google+ ids of reverse lookups and v1 user objects),
+# and the length to give them until the gateway has seen real ones: real kloutIds
+# ran from 3 to 19 digits, most of them 18; Twitter ids of the time had 8 or 9
+# digits, Google+ ids 21. Once real ids pass, their lengths are used instead.
+# Routes whose answers can show two identifiers of one person (besides identity.json).
+_LINKING_TEMPLATES = frozenset(
+    {"/v2/user.json/{kloutId}", "/v2/user.json/{kloutId}/influence", "/1/users/show.json"}
+)
+ID_LENGTHS = {"klout_id": (18, 18), "twitter_id": (9, 9), "google_id": (21, 21)}
 USER_SUFFIXES = {"", "/score", "/topics", "/influence"}
 THROTTLE_CODES = {"ERR_403_DEVELOPER_OVER_QPS", "ERR_403_DEVELOPER_OVER_RATE"}
 
 _encode = msgspec.json.Encoder().encode
+# Query parameters each route declares (besides the key, which the gateway owns).
+# v2 lookups by path take none.
+_USERS = frozenset({"users"})
+# Where other people appear in an answer, per route: the list of entries, and the
+# field that counts them (kept equal to the list's length when someone is left out).
+_V2_PEOPLE = {
+    "/v2/user.json/{kloutId}/influence": (
+        ("myInfluencers", "myInfluencersCount"),
+        ("myInfluencees", "myInfluenceesCount"),
+    ),
+}
+# Semantic fields: what a rule may redact by meaning, and every place Klout's
+# answers carry it, nested people included. A rule's field that is not listed
+# here is a dotted path (``score.scoreDelta``).
+SEMANTIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "score_trend": (
+        "users.*.score.slope",
+        "users.*.score.delta_1day",
+        "users.*.score.delta_5day",
+        "scoreDelta",
+        "scoreDeltas",
+        "score.scoreDelta",
+        "myInfluencers.*.entity.payload.scoreDeltas",
+        "myInfluencees.*.entity.payload.scoreDeltas",
+    ),
+    "score_class": (
+        "users.*.score.kclass_id",
+        "users.*.score.kclass",
+        "users.*.score.kclass_description",
+    ),
+    "reach": (
+        "users.*.score.true_reach",
+        "users.*.score.network_score",
+        "users.*.score.amplification_score",
+    ),
+}
+# Klout classes (id, name) a neutral v1 user may be shown with; the two the
+# simulator's people have, and the other common mid-range ones.
+_KCLASSES = (
+    (1, "Observer"),
+    (2, "Dabbler"),
+    (5, "Conversationalist"),
+    (9, "Explorer"),
+    (10, "Socializer"),
+    (13, "Networker"),
+)
+_V1_PEOPLE = {
+    "/1/soi/influenced_by.json": "influencers",
+    "/1/soi/influencer_of.json": "influencees",
+}
+_SCREEN_NAME = frozenset({"screenName"})
 
 
 class KloutAdapter:
     """Klout v1 + v2. ``id_key`` keys the neutral kloutIds (from the data directory)."""
 
     success_content_type = CONTENT_TYPE
+    #: Id spaces where the gateway issues neutral ids, with default real lengths.
+    id_lengths: Mapping[str, tuple[int, int]] = ID_LENGTHS
 
     def __init__(self, name: str, id_key: bytes) -> None:
         self.name = name
@@ -105,7 +171,7 @@ class KloutAdapter:
             subjects = tuple(_screen_name(n) for n in names)
             if len(set(subjects)) != len(subjects):
                 raise InvalidSubject("users= names a person twice")
-            return RouteMatch(template=path, subjects=subjects)
+            return RouteMatch(template=path, subjects=subjects, params=_USERS)
         if not path.startswith("/v2/"):
             return None
         parts = path[4:].split("/")
@@ -132,7 +198,9 @@ class KloutAdapter:
             if len(names) != 1:
                 raise InvalidSubject("identity.json/twitter takes exactly one screenName=")
             return RouteMatch(
-                template="/v2/identity.json/twitter", subjects=(_screen_name(names[0]),)
+                template="/v2/identity.json/twitter",
+                subjects=(_screen_name(names[0]),),
+                params=_SCREEN_NAME,
             )
         if len(parts) == 3 and parts[0] == "klout" and parts[2] in ("tw", "gp"):
             klout_id = parts[1]
@@ -214,7 +282,12 @@ class KloutAdapter:
         answer: UpstreamAnswer | None,
         neutral: set[Subject],
         score: float,
+        ids: Mapping[tuple[Subject, str], str] | None = None,
     ) -> UpstreamAnswer:
+        """``ids`` holds the neutral ids the identity graph issued, by (subject,
+        namespace) as :meth:`neutral_id_namespaces` asked; without it (adapter used
+        alone) ids are derived from ``id_key``."""
+        ids = ids or {}
         template = route.template
         if template in V1_ROUTES:
             doc = _json(answer.body) if answer is not None and answer.status == 200 else None
@@ -224,52 +297,86 @@ class KloutAdapter:
             users = []
             for subject in route.subjects:
                 if subject in neutral or subject.identifier not in existing:
-                    users.append(self._v1_neutral_user(template, subject, score))
+                    users.append(self._v1_neutral_user(template, subject, score, ids))
                 else:
                     users.append(existing[subject.identifier])
             return _ok({"status": 200, "users": users})
         subject = route.subjects[0]
-        return _ok(self._v2_neutral(template, subject, score))
+        return _ok(self._v2_neutral(template, subject, score, ids))
 
-    def _v1_neutral_user(self, template: str, subject: Subject, score: float) -> dict[str, Any]:
+    def _v1_neutral_user(
+        self,
+        template: str,
+        subject: Subject,
+        score: float,
+        ids: Mapping[tuple[Subject, str], str],
+    ) -> dict[str, Any]:
         name = subject.identifier
         if template == "/1/klout.json":
             return {"twitter_screen_name": name, "kscore": score}
         if template == "/1/users/show.json":
             return {
-                "twitter_id": self._neutral_numeric("twitter-id", subject, 9),
+                "twitter_id": ids.get((subject, "twitter_id"))
+                or self._neutral_numeric("twitter-id", subject, 9),
                 "twitter_screen_name": name,
-                "score": {
-                    "kscore": score,
-                    "slope": 0.0,
-                    "description": "",
-                    "kclass_id": 1,
-                    "kclass": "Observer",
-                    "kclass_description": "",
-                    "kscore_description": "",
-                    "network_score": score,
-                    "amplification_score": score,
-                    "true_reach": 0,
-                    "delta_1day": 0.0,
-                    "delta_5day": 0.0,
-                },
+                "score": self._v1_neutral_score(subject, score),
             }
         if template == "/1/users/topics.json":
             return {"twitter_screen_name": name, "topics": []}
         key = "influencers" if template.endswith("influenced_by.json") else "influencees"
         return {"twitter_screen_name": name, key: []}
 
-    def _v2_neutral(self, template: str, subject: Subject, score: float) -> Any:
+    def _v1_neutral_score(self, subject: Subject, score: float) -> dict[str, Any]:
+        """A v1 score object for someone without a score: the neutral score, and for
+        the other fields what a real person with that score could have, drawn per
+        person (keyed, so one person always gets the same) rather than one constant
+        set that would mark every neutral answer. Trends are centred on zero, so on
+        average a neutral person neither rises nor falls in anyone's ranking."""
+        draw = self._draws(subject)
+        kclass_id, kclass = _KCLASSES[int(draw[0] * len(_KCLASSES))]
+        day = round((draw[1] - 0.5) * 0.4, 2)
+        return {
+            "kscore": score,
+            "slope": day,
+            "description": "",
+            "kclass_id": kclass_id,
+            "kclass": kclass,
+            "kclass_description": "",
+            "kscore_description": "",
+            "network_score": round(score * (0.9 + 0.2 * draw[2]), 1),
+            "amplification_score": round(score * (0.2 + 0.6 * draw[3]), 1),
+            "true_reach": int(10 ** (1.5 + 2.0 * draw[4])),
+            "delta_1day": day,
+            "delta_5day": round(day * 3 + (draw[5] - 0.5) * 0.4, 2),
+        }
+
+    def _draws(self, subject: Subject) -> list[float]:
+        """Six numbers in [0, 1) fixed for this subject under the gateway's key."""
+        message = f"{subject.namespace}:{subject.identifier}".encode()
+        mac = hmac.new(self._id_key, b"neutral-fields\x00" + message, hashlib.sha256).digest()
+        return [int.from_bytes(mac[i : i + 4], "big") / 2**32 for i in range(0, 24, 4)]
+
+    def _v2_neutral(
+        self, template: str, subject: Subject, score: float, ids: Mapping[tuple[Subject, str], str]
+    ) -> Any:
         deltas = {"dayChange": 0.0, "weekChange": 0.0, "monthChange": 0.0}
         if template.startswith("/v2/identity.json/klout/"):
             network = template.rsplit("/", 1)[1]
-            return {"id": self._neutral_numeric(f"{network}-id", subject, 9), "network": network}
+            issued = ids.get((subject, REVERSE_NAMESPACES[network]))
+            return {
+                "id": issued or self._neutral_numeric(f"{network}-id", subject, 9),
+                "network": network,
+            }
         if template.startswith("/v2/identity.json/"):
-            return {"id": self.neutral_klout_id(subject), "network": "ks"}
+            issued = ids.get((subject, "klout_id"))
+            return {"id": issued or self.neutral_klout_id(subject), "network": "ks"}
         klout_id = subject.identifier
         if template == "/v2/user.json/{kloutId}":
             return {
                 "kloutId": klout_id,
+                # The gateway keeps no names in clear, so it cannot say whose id this
+                # is: an empty nick (README, "Residual differences").
+                "nick": "",
                 "score": {"score": score, "bucket": bucket_of(score)},
                 "scoreDeltas": deltas,
             }
@@ -284,6 +391,109 @@ class KloutAdapter:
             "myInfluenceesCount": 0,
         }
 
+    # -- people: who an answer shows to be one person --------------------------------
+
+    def neutral_id_namespaces(self, template: str) -> tuple[str, ...]:
+        """Id spaces of the ids a neutral answer on ``template`` carries per subject."""
+        if template.startswith("/v2/identity.json/klout/"):
+            return (REVERSE_NAMESPACES[template.rsplit("/", 1)[1]],)
+        if template.startswith("/v2/identity.json/"):
+            return ("klout_id",)
+        if template == "/1/users/show.json":
+            return ("twitter_id",)
+        return ()
+
+    def identities(self, route: RouteMatch, answer: UpstreamAnswer) -> list[tuple[Subject, ...]]:
+        """Groups of identifiers a found answer shows to belong to one person: the
+        identity step (asked id → kloutId), reverse lookups (kloutId → network id),
+        user objects (kloutId ↔ nick), v1 users (screen name ↔ Twitter id) and the
+        people inside influence lists. Only well-formed identifiers are taken."""
+        template = route.template
+        if not template.startswith("/v2/identity.json/") and template not in _LINKING_TEMPLATES:
+            return []  # scores and topics name nobody else: no second decode
+        doc = _json(answer.body)
+        groups: list[tuple[Subject, ...]] = []
+        if template.startswith("/v2/identity.json/") and isinstance(doc, dict):
+            found = doc.get("id")
+            if template.startswith("/v2/identity.json/klout/"):
+                namespace = REVERSE_NAMESPACES[template.rsplit("/", 1)[1]]
+            else:
+                namespace = "klout_id"
+            other = _subject(namespace, found)
+            if other is not None:
+                groups.append((route.subjects[0], other))
+        elif template == "/v2/user.json/{kloutId}" and isinstance(doc, dict):
+            nick = _subject("twitter_screen_name", doc.get("nick"))
+            if nick is not None:
+                groups.append((route.subjects[0], nick))
+        elif template == "/v2/user.json/{kloutId}/influence" and isinstance(doc, dict):
+            for key in ("myInfluencers", "myInfluencees"):
+                for item in doc.get(key) or ():
+                    entity = item.get("entity") if isinstance(item, dict) else None
+                    if not isinstance(entity, dict):
+                        continue
+                    payload = entity.get("payload")
+                    nick = payload.get("nick") if isinstance(payload, dict) else None
+                    group = [_subject("klout_id", entity.get("id")),
+                             _subject("twitter_screen_name", nick)]  # fmt: skip
+                    people = tuple(g for g in group if g is not None)
+                    if len(people) == 2:
+                        groups.append(people)
+        elif template == "/1/users/show.json" and isinstance(doc, dict):
+            for user in doc.get("users") or ():
+                if isinstance(user, dict):
+                    name = _subject("twitter_screen_name", user.get("twitter_screen_name"))
+                    twitter = _subject("twitter_id", user.get("twitter_id"))
+                    if name is not None and twitter is not None:
+                        groups.append((name, twitter))
+        return groups
+
+    # -- people inside answers --------------------------------------------------------
+
+    def people(self, route: RouteMatch, answer: UpstreamAnswer) -> list[Embedded]:
+        template = route.template
+        if template not in _V2_PEOPLE and template not in _V1_PEOPLE:
+            return []
+        doc = _json(answer.body)
+        if not isinstance(doc, dict):
+            return []
+        found: list[Embedded] = []
+        if template in _V2_PEOPLE:
+            for list_name, _count in _V2_PEOPLE[template]:
+                for i, entry in enumerate(_list(doc.get(list_name))):
+                    found.append(Embedded(subjects=_v2_entity(entry), place=(list_name,), index=i))
+            return found
+        field = _V1_PEOPLE[template]
+        for u, user in enumerate(_list(doc.get("users"))):
+            entries = _list(user.get(field)) if isinstance(user, dict) else []
+            for i, entry in enumerate(entries):
+                name = entry.get("twitter_screen_name") if isinstance(entry, dict) else None
+                subjects = (Subject("twitter_screen_name", name.lower()),) if name else ()
+                found.append(Embedded(subjects=subjects, place=("users", u, field), index=i))
+        return found
+
+    def withhold(
+        self,
+        route: RouteMatch,
+        answer: UpstreamAnswer,
+        people: list[Embedded],
+        neutral_score: float | None,
+    ) -> UpstreamAnswer:
+        doc = _json(answer.body)
+        # Right to left, so earlier indexes stay valid while entries are removed.
+        for person in sorted(people, key=lambda p: (p.place, -p.index)):
+            entries = _at(doc, person.place)
+            if not isinstance(entries, list) or person.index >= len(entries):
+                continue
+            if neutral_score is None:
+                del entries[person.index]
+            else:
+                entries[person.index] = _neutral_entry(entries[person.index], neutral_score)
+        for list_name, count in _V2_PEOPLE.get(route.template, ()):
+            if isinstance(doc, dict) and count in doc and isinstance(doc.get(list_name), list):
+                doc[count] = len(doc[list_name])
+        return _ok(doc, status=answer.status)
+
     # -- transforms ------------------------------------------------------------------
 
     def transform(
@@ -294,8 +504,9 @@ class KloutAdapter:
             return answer
         if coarsen:
             _coarsen(doc)
-        for path in redact:
-            redact_path(doc, path)
+        for field in redact:
+            for path in SEMANTIC_FIELDS.get(field, (field,)):
+                redact_path(doc, path)
         return _ok(doc, status=answer.status)
 
     def canonical(self, answer: UpstreamAnswer) -> UpstreamAnswer:
@@ -303,6 +514,58 @@ class KloutAdapter:
         so formatting never tells a real answer from a neutral one."""
         doc = _json(answer.body)
         return answer if doc is None else _ok(doc, status=answer.status)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _at(doc: Any, place: tuple[str | int, ...]) -> Any:
+    node = doc
+    for step in place:
+        if isinstance(step, int) and isinstance(node, list) and step < len(node):
+            node = node[step]
+        elif isinstance(step, str) and isinstance(node, dict):
+            node = node.get(step)
+        else:
+            return None
+    return node
+
+
+def _v2_entity(entry: Any) -> tuple[Subject, ...]:
+    """The identifiers a v2 influence entry shows: its kloutId and its nick."""
+    entity = entry.get("entity") if isinstance(entry, dict) else None
+    if not isinstance(entity, dict):
+        return ()
+    subjects: list[Subject] = []
+    if isinstance(entity.get("id"), str):
+        subjects.append(Subject("klout_id", entity["id"]))
+    payload = entity.get("payload")
+    if isinstance(payload, dict):
+        nick = payload.get("nick")
+        if isinstance(nick, str):
+            subjects.append(Subject("twitter_screen_name", nick.lower()))
+        if isinstance(payload.get("kloutId"), str) and payload["kloutId"] != entity.get("id"):
+            subjects.append(Subject("klout_id", payload["kloutId"]))
+    return tuple(subjects)
+
+
+def _neutral_entry(entry: Any, score: float) -> Any:
+    """The entry with the neutral score and no movement: same fields, same types."""
+    if not isinstance(entry, dict):
+        return entry
+    if "kscore" in entry:
+        return {**entry, "kscore": score}
+    entity = entry.get("entity")
+    payload = entity.get("payload") if isinstance(entity, dict) else None
+    if isinstance(entity, dict) and isinstance(payload, dict):
+        payload = dict(payload)
+        if isinstance(payload.get("score"), dict):
+            payload["score"] = {**payload["score"], "score": score, "bucket": bucket_of(score)}
+        if isinstance(payload.get("scoreDeltas"), dict):
+            payload["scoreDeltas"] = {k: 0.0 for k in payload["scoreDeltas"]}
+        return {**entry, "entity": {**entity, "payload": payload}}
+    return entry
 
 
 def _coarsen(node: Any) -> None:
@@ -332,6 +595,17 @@ def _coarsen(node: Any) -> None:
     for value in node.values():
         if isinstance(value, (dict, list)):
             _coarsen(value)
+
+
+def _subject(namespace: str, value: Any) -> Subject | None:
+    """A subject from a value in an answer, if it has the shape of that id space."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    if namespace == "twitter_screen_name":
+        return Subject(namespace, value.lower()) if SCREEN_NAME.fullmatch(value) else None
+    return Subject(namespace, value) if NUMERIC_ID.fullmatch(value) else None
 
 
 def _screen_name(name: str) -> Subject:
