@@ -56,6 +56,7 @@ OPERATIONS = [
     ("GET", "/admin/audit/public-key", False, True),
     ("GET", "/admin/audit/export", True, True),
     ("GET", "/admin/audit/subject", True, True),
+    ("GET", "/admin/audit/consistency", True, True),
 ]
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.audit.export import export_csv, export_jsonl, fresh_checkpoint
+from gateway.audit.checkpoint import checkpoint_from_note, checkpoint_note
+from gateway.audit.export import ExportError, export_csv, export_jsonl, fresh_checkpoint
+from gateway.audit.note import ED25519, NoteError, WitnessKey, load_witness_keys, vkey
 from gateway.audit.pseudonym import KEY_FILE, Pseudonymizer
-from gateway.audit.signing import KeyRing, SigningKeyError
+from gateway.audit.signing import KeyRing, SigningKeyError, fingerprint, load_public_keys
 from gateway.audit.store import AuditStore, StoreError
 from gateway.audit.subject import subject_records, with_inclusion_proofs
-from gateway.audit.verify import verify_export
+from gateway.audit.verify import TreeHead, check_extends, verify_export
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--since", type=_timestamp, help="records at or after this time (RFC 3339)")
     export.add_argument("--until", type=_timestamp, help="records before this time (RFC 3339)")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument(
+        "--witnessed",
+        action="store_true",
+        help="end at the newest checkpoint a witness cosigned (for verify --min-witnesses)",
+    )
     export.set_defaults(func=cmd_export)
 
     verify = audit_sub.add_parser("verify", help="check an export offline against pinned keys")
@@ -48,7 +55,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="PEM file with one or more public keys (repeat for several files)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    earlier = verify.add_mutually_exclusive_group()
+    earlier.add_argument(
+        "--previous",
+        type=Path,
+        metavar="OLD.jsonl",
+        help="an earlier export: prove FILE extends it (RFC 6962 consistency)",
+    )
+    earlier.add_argument(
+        "--trusted-checkpoint",
+        type=Path,
+        metavar="NOTE",
+        help="a checkpoint note kept from before (gateway audit checkpoint): prove FILE extends it",
+    )
+    verify.add_argument(
+        "--witness-key",
+        type=Path,
+        action="append",
+        default=[],
+        help="a witness's vkey file (repeat for several); its cosignatures must verify",
+    )
+    verify.add_argument(
+        "--min-witnesses",
+        type=int,
+        help="valid witness cosignatures the final checkpoint needs (default 1 with "
+        "--witness-key, else 0)",
+    )
     verify.set_defaults(func=cmd_verify)
+
+    checkpoint = audit_sub.add_parser(
+        "checkpoint", help="print the latest checkpoint as a C2SP tlog-checkpoint signed note"
+    )
+    _store_arguments(checkpoint)
+    checkpoint.set_defaults(func=cmd_checkpoint)
 
     subject = audit_sub.add_parser("subject", help="every record about one person (JSON lines)")
     _store_arguments(subject)
@@ -75,11 +114,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for name, func, text in (
         ("generate", cmd_keys_generate, "create the first signing key"),
         ("rotate", cmd_keys_rotate, "make a new active key; old public keys are kept"),
-        ("public", cmd_keys_public, "print every public key (PEM) for verifiers"),
+        ("public", cmd_keys_public, "print every key id, fingerprint and PEM for verifiers"),
     ):
         p = keys_sub.add_parser(name, help=text)
-        _data_dir_argument(p)
+        (_store_arguments if name == "public" else _data_dir_argument)(p)
         p.set_defaults(func=func)
+        if name == "public":
+            p.add_argument(
+                "--vkey",
+                action="store_true",
+                help="print the C2SP vkey of each key instead (for witnesses' --log-key)",
+            )
 
 
 def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -142,12 +187,24 @@ def cmd_export(args: argparse.Namespace) -> int:
             keyring = KeyRing.load(args.data_dir)
             if str(args.out) == "-":
                 seal = export_jsonl(
-                    store, keyring, sys.stdout.buffer, since=args.since, until=args.until
+                    store,
+                    keyring,
+                    sys.stdout.buffer,
+                    since=args.since,
+                    until=args.until,
+                    witnessed=args.witnessed,
                 )
             else:
                 tmp = args.out.with_name(args.out.name + ".partial")
                 with tmp.open("wb") as out:
-                    seal = export_jsonl(store, keyring, out, since=args.since, until=args.until)
+                    seal = export_jsonl(
+                        store,
+                        keyring,
+                        out,
+                        since=args.since,
+                        until=args.until,
+                        witnessed=args.witnessed,
+                    )
                     out.flush()
                     os.fsync(out.fileno())
                 tmp.replace(args.out)
@@ -155,6 +212,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             store.close()
     except SigningKeyError as exc:
         return _fail(f"{exc.code}: {exc.detail}")
+    except ExportError as exc:
+        return _fail(f"audit.unwitnessed: {exc}")
     except (StoreError, OSError) as exc:
         return _fail(f"audit.unavailable: {exc}")
     print(
@@ -173,14 +232,87 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail(f"cannot read public key {path}: {exc.strerror}")
     try:
-        result = verify_export(args.file, pem, progress=False if args.quiet else None)
+        keys = load_public_keys(pem)
     except ValueError as exc:
         return _fail(f"bad public key file: {exc}")
+    witnesses: list[WitnessKey] = []
+    for path in args.witness_key:
+        try:
+            witnesses += load_witness_keys(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, NoteError) as exc:
+            return _fail(f"bad witness key file {path}: {exc}")
+    minimum = args.min_witnesses if args.min_witnesses is not None else min(1, len(witnesses))
+    if minimum > len({w.name for w in witnesses}):
+        return _fail(f"--min-witnesses {minimum} needs that many --witness-key witnesses")
+    progress = False if args.quiet else None
+    old: TreeHead | None = None
+    if args.previous is not None:
+        try:
+            earlier = verify_export(args.previous, keys, progress=progress)
+        except OSError as exc:
+            return _fail(f"cannot read {args.previous}: {exc.strerror}")
+        if not earlier.ok:
+            return _fail(f"{args.previous}: {earlier}")
+        assert earlier.origin is not None
+        assert earlier.root is not None
+        old = TreeHead(earlier.origin, earlier.size, earlier.root, str(args.previous))
+    elif args.trusted_checkpoint is not None:
+        try:
+            trusted, _ = checkpoint_from_note(args.trusted_checkpoint.read_bytes(), keys)
+        except OSError as exc:
+            return _fail(f"cannot read {args.trusted_checkpoint}: {exc.strerror}")
+        except NoteError as exc:
+            return _fail(f"{args.trusted_checkpoint}: {exc}")
+        old = TreeHead(trusted.origin, trusted.size, trusted.root, str(args.trusted_checkpoint))
+    try:
+        result = verify_export(
+            args.file,
+            keys,
+            progress=progress,
+            witnesses=witnesses,
+            min_witnesses=minimum,
+            watch=None if old is None else old.size,
+        )
     except OSError as exc:
         return _fail(f"cannot read {args.file}: {exc.strerror}")
     if not result.ok:
         return _fail(str(result))
+    extension = None
+    if old is not None:
+        extension = check_extends(old, result, args.file, args.previous)
+        if not extension.ok:
+            return _fail(str(extension))
     print(str(result))
+    for key_id, print_ in zip(result.key_ids, result.fingerprints, strict=True):
+        print(f"trusted key {key_id} {print_}")
+    if witnesses:
+        print(f"witnessed by {', '.join(result.witnesses) or 'none'}")
+    if extension is not None:
+        print(str(extension))
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    try:
+        store = _open_store(args)
+        try:
+            latest = store.latest_checkpoint()
+            if latest is None:
+                return _fail("audit.empty: the log has no checkpoint yet")
+            checkpoint = latest[0]
+            cosignatures = store.cosignatures(checkpoint.size, checkpoint.size)
+        finally:
+            store.close()
+        keyring = KeyRing.load(args.data_dir)
+    except SigningKeyError as exc:
+        return _fail(f"{exc.code}: {exc.detail}")
+    except StoreError as exc:
+        return _fail(f"audit.unavailable: {exc}")
+    key = keyring.public_keys.get(checkpoint.key_id)
+    if key is None:
+        return _fail(f"audit.unknown_key: no public key {checkpoint.key_id} in {args.data_dir}")
+    note = checkpoint_note(checkpoint, key, cosignatures.get(checkpoint.size, []))
+    sys.stdout.buffer.write(note)
     return 0
 
 
@@ -246,9 +378,26 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_public(args: argparse.Namespace) -> int:
+    """Every key, active last: a ``#`` line with its id and fingerprint, then its PEM.
+    The output is itself a valid ``--public-key`` file (the ``#`` lines are skipped)."""
+    origin = ""
     try:
         ring = KeyRing.load(args.data_dir)
+        if args.vkey:  # a log's vkey is named after its origin, kept in the store
+            store = _open_store(args)
+            origin = store.origin
+            store.close()
     except SigningKeyError as exc:
         return _fail(f"{exc.code}: {exc.detail}")
-    sys.stdout.buffer.write(ring.public_pems())
+    except StoreError as exc:
+        return _fail(f"audit.unavailable: {exc}")
+    ids = [*sorted(k for k in ring.public_keys if k != ring.key_id), ring.key_id]
+    for key_id in ids:
+        key = ring.public_keys[key_id]
+        if args.vkey:
+            print(vkey(origin, ED25519, key))
+            continue
+        state = "active" if key_id == ring.key_id else "retired"
+        sys.stdout.write(f"# key {key_id} {fingerprint(key)} ({state})\n")
+        sys.stdout.write(ring.public_pem(key_id).decode())
     return 0

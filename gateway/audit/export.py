@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -58,7 +59,11 @@ from gateway.audit.record import AuditRecord, decode_record, rfc3339
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 
-FORMAT = "score-gateway-audit-export/1"
+FORMAT = "score-gateway-audit-export/2"
+#: Every export format the verifier reads. /2 adds checkpoint lines of format 2
+#: (``"format":2`` and witness ``cosignatures``); /1 files stay valid forever.
+FORMATS = ("score-gateway-audit-export/1", FORMAT)
+CHECKPOINT_FORMAT = 2
 
 
 class HeaderLine(
@@ -108,13 +113,19 @@ class CheckpointLine(
     frozen=True,
     forbid_unknown_fields=True,
     kw_only=True,
+    omit_defaults=True,
 ):
+    """A signed checkpoint. Format 1 lines end at ``signature``; format 2 lines add
+    ``"format":2`` and the witnesses' C2SP cosignature lines (possibly none)."""
+
     origin: str
     size: int
     root: str
     time: str
     key_id: str
     signature: str
+    format: int = 1
+    cosignatures: list[str] = []
 
     def checkpoint(self) -> Checkpoint:
         return Checkpoint(
@@ -144,9 +155,10 @@ class SealLine(
     key_id: str
     signature: str
 
-    def message(self) -> bytes:
+    def message(self, format: str = FORMAT) -> bytes:
+        """The signed text; ``format`` is the export header's (each format signs its own)."""
         return (
-            f"{FORMAT}\n{self.origin}\n{self.size}\n{self.root}\n{self.lines}\n"
+            f"{format}\n{self.origin}\n{self.size}\n{self.root}\n{self.lines}\n"
             f"{self.sha256}\n{self.time}\n"
         ).encode()
 
@@ -156,7 +168,7 @@ ExportLine = HeaderLine | RecordLine | RangeLine | CheckpointLine | SealLine
 line_encoder = msgspec.json.Encoder(order="deterministic")
 
 
-def _checkpoint_line(checkpoint: Checkpoint) -> bytes:
+def _checkpoint_line(checkpoint: Checkpoint, cosignatures: list[str]) -> bytes:
     line = CheckpointLine(
         origin=checkpoint.origin,
         size=checkpoint.size,
@@ -164,8 +176,23 @@ def _checkpoint_line(checkpoint: Checkpoint) -> bytes:
         time=checkpoint.time,
         key_id=checkpoint.key_id,
         signature=checkpoint.signature,
+        format=CHECKPOINT_FORMAT,
+        cosignatures=cosignatures,
     )
     return line_encoder.encode(line) + b"\n"
+
+
+def _cosigned(
+    store: AuditStore, checkpoints: Iterator[Checkpoint], batch: int = 1000
+) -> Iterator[tuple[Checkpoint, list[str]]]:
+    """Each checkpoint with its stored cosignatures, read a batch at a time."""
+    while True:
+        chunk = list(itertools.islice(checkpoints, batch))
+        if not chunk:
+            return
+        lines = store.cosignatures(chunk[0].size, chunk[-1].size)
+        for checkpoint in chunk:
+            yield checkpoint, lines.get(checkpoint.size, [])
 
 
 def fresh_checkpoint(
@@ -204,11 +231,11 @@ def iter_export_lines(
         + b"\n"
     )
     # Earlier checkpoints go where their size is reached; ``checkpoint`` (size N) goes last.
-    checkpoints = store.iter_checkpoints(0, size - 1)
-    pending = next(checkpoints, None)
+    checkpoints = _cosigned(store, store.iter_checkpoints(0, size - 1))
+    pending, pending_lines = next(checkpoints, (None, []))
     while pending is not None and pending.size == 0:
-        yield _checkpoint_line(pending)
-        pending = next(checkpoints, None)
+        yield _checkpoint_line(pending, pending_lines)
+        pending, pending_lines = next(checkpoints, (None, []))
     gap: RangeBuilder | None = None
     for row in store.iter_records(0, size):
         inside = (since is None or row.time >= since) and (until is None or row.time < until)
@@ -224,16 +251,27 @@ def iter_export_lines(
         # Checkpoints up to this size are passed; those inside an omitted range are skipped.
         while pending is not None and pending.size <= row.seq + 1:
             if pending.size == row.seq + 1 and gap is None:
-                yield _checkpoint_line(pending)
-            pending = next(checkpoints, None)
+                yield _checkpoint_line(pending, pending_lines)
+            pending, pending_lines = next(checkpoints, (None, []))
     if gap is not None:
         yield _range_line(gap)
-    yield _checkpoint_line(checkpoint)
+    yield _checkpoint_line(checkpoint, store.cosignatures(size, size).get(size, []))
 
 
 def _range_line(gap: RangeBuilder) -> bytes:
     hashes = [h.hex() for h in gap.hashes()]
     return line_encoder.encode(RangeLine(begin=gap.begin, end=gap.end, hashes=hashes)) + b"\n"
+
+
+class ExportError(Exception):
+    """The export asked for cannot be made (no witnessed checkpoint yet)."""
+
+
+def witnessed_checkpoint(store: AuditStore) -> Checkpoint:
+    checkpoint = store.latest_cosigned_checkpoint()
+    if checkpoint is None:
+        raise ExportError("no checkpoint has been cosigned by a witness yet")
+    return checkpoint
 
 
 def iter_export_chunks(
@@ -244,13 +282,19 @@ def iter_export_chunks(
     until: str | None = None,
     chunk_size: int = 1 << 20,
     clock: Callable[[], float] = time.time,
+    witnessed: bool = False,
 ) -> Iterator[bytes]:
     """The whole sealed JSONL export as chunks of about ``chunk_size`` bytes.
 
-    Signs a fresh checkpoint first (or re-uses the one of the current size). For
-    streaming responses; :func:`export_jsonl` writes the same bytes to a file.
+    Signs a fresh checkpoint first (or re-uses the one of the current size). With
+    ``witnessed``, ends instead at the newest checkpoint a witness has cosigned, so
+    that ``verify --min-witnesses`` holds for the export's final checkpoint; raises
+    :class:`ExportError` if there is none. For streaming responses;
+    :func:`export_jsonl` writes the same bytes to a file.
     """
-    checkpoint = fresh_checkpoint(store, keyring, clock=clock)
+    checkpoint = (
+        witnessed_checkpoint(store) if witnessed else fresh_checkpoint(store, keyring, clock=clock)
+    )
     digest = hashlib.sha256()
     lines = 0
     buffer: list[bytes] = []
@@ -303,10 +347,13 @@ def export_jsonl(
     since: str | None = None,
     until: str | None = None,
     clock: Callable[[], float] = time.time,
+    witnessed: bool = False,
 ) -> SealLine:
     """Write a sealed JSONL export of the whole log (time window optional) to ``out``."""
     last = b""
-    for chunk in iter_export_chunks(store, keyring, since=since, until=until, clock=clock):
+    for chunk in iter_export_chunks(
+        store, keyring, since=since, until=until, clock=clock, witnessed=witnessed
+    ):
         out.write(chunk)
         last = chunk
     seal: SealLine = msgspec.json.decode(last[last.rfind(b"\n", 0, -1) + 1 :], type=SealLine)
