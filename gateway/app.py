@@ -35,6 +35,7 @@ from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord, rfc3339
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
+from gateway.audit.witnessing import WitnessPusher, parse_witness_options
 from gateway.cache import AnswerCache
 from gateway.clients import (
     DEMO_ADMIN_TOKEN,
@@ -147,9 +148,12 @@ async def _start(
 
     store = AuditStore.open(data_dir=data_dir, url=settings.database_url)
     stack.callback(store.close)
-    audit = AuditLog(store, keyring)
+    pusher = await _witness_pusher(settings, store, keyring, stack)
+    audit = AuditLog(store, keyring, on_checkpoint=pusher.notify if pusher else None)
     await audit.start()
-    stack.push_async_callback(audit.close)
+    stack.push_async_callback(audit.close)  # closes before the pusher's last push
+    if pusher is not None:
+        pusher.start()
     await close_orphans(audit, store)  # lookups a crash left without an outcome
     backlog = OutcomeBacklog(audit)
     backlog.start()
@@ -258,6 +262,22 @@ async def _start(
     )
     state.runtime = runtime
     holder["proxy"] = Proxy(runtime)
+
+
+async def _witness_pusher(
+    settings: Settings, store: AuditStore, keyring: KeyRing, stack: contextlib.AsyncExitStack
+) -> WitnessPusher | None:
+    """The task that pushes checkpoints to ``--witness`` witnesses, if any are set."""
+    if not settings.witnesses:
+        return None
+    endpoints = parse_witness_options(settings.witnesses)
+    # A session of its own: witness calls never take an upstream connection slot.
+    session = aiohttp.ClientSession(trust_env=False)
+    stack.push_async_callback(session.close)
+    pusher = WitnessPusher(store, keyring, endpoints, session)
+    stack.push_async_callback(pusher.stop)
+    log.info("pushing checkpoints to witnesses %s", ", ".join(e.key.name for e in endpoints))
+    return pusher
 
 
 async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -51,6 +52,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=list(env.get("upstream", [])),  # type: ignore[call-overload]
         metavar="NAME=URL",
         help="point a configured upstream at another base URL",
+    )
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=list(env.get("witness", [])),  # type: ignore[call-overload]
+        metavar="URL=VKEYFILE",
+        help="push each checkpoint to this C2SP witness, pinned by its vkey (repeatable; "
+        "or GATEWAY_WITNESSES=URL=FILE,...)",
     )
     p.add_argument(
         "--demo-upstream-port",
@@ -104,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         cache_entries=args.cache_entries,
         cache_max_age=args.cache_max_age,
+        witnesses=tuple(args.witness),
     )
     problem = _preflight(settings)
     if problem:
@@ -164,6 +174,12 @@ def _preflight(settings: Settings) -> str | None:
         read_policy(path)
     except PolicyError as exc:
         return "the policy file has errors:\n" + "\n".join(exc.lines())
+    from gateway.audit.witnessing import parse_witness_options
+
+    try:
+        parse_witness_options(settings.witnesses)
+    except ValueError as exc:
+        return str(exc)
     try:
         KeyRing.load_or_create(settings.data_dir)
     except SigningKeyError as exc:
@@ -297,6 +313,56 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _witness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "witness", help="run an independent C2SP tlog-witness that cosigns a log's checkpoints"
+    )
+    p.add_argument("--name", required=True, help="the witness's key name, e.g. audit.example/w1")
+    p.add_argument(
+        "--log-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="a log's vkey file (gateway keys public --vkey), repeatable",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("witness"),
+        help="its key, vkey, state and alerts (default ./witness)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_witness)
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    from gateway.audit.witness import (
+        Witness,
+        WitnessSetupError,
+        load_log_keys,
+        load_or_create_key,
+        serve_witness,
+    )
+    from gateway.telemetry import configure_logging
+
+    try:
+        texts = [path.read_text(encoding="utf-8") for path in args.log_key]
+        logs = load_log_keys(texts)
+        private, public = load_or_create_key(args.data_dir, args.name)
+        witness = Witness(args.name, private, logs, args.data_dir)
+    except (OSError, UnicodeDecodeError, WitnessSetupError) as exc:
+        print(f"gateway witness: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(args.log_level)
+    print(f"witness key {public.vkey()} (in {args.data_dir}/witness.vkey)", flush=True)
+    print(f"following {', '.join(sorted(logs))}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_witness(witness, args.host, args.port))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
@@ -309,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _clients_parser(sub)
     _objections_parser(sub)
     _admin_token_parser(sub)
+    _witness_parser(sub)
     from gateway.audit import commands as audit_commands
     from gateway.policies import commands as policy_commands
 

@@ -55,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # terms.max_cache_age nor cache_max_age, whichever is shorter.
     cache_entries: int = 0
     cache_max_age: float = 86400.0
+    # C2SP tlog-witnesses to push checkpoints to, as ``URL=VKEYFILE`` (``--witness``).
+    witnesses: tuple[str, ...] = ()
     limits: Limits = Limits()
 
 
@@ -93,4 +95,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
         out["demo"] = True
     if upstreams := env.get(ENV_PREFIX + "UPSTREAMS"):
         out["upstream"] = [u.strip() for u in upstreams.split(",") if u.strip()]
+    if witnesses := env.get(ENV_PREFIX + "WITNESSES"):
+        out["witness"] = [w.strip() for w in witnesses.split(",") if w.strip()]
     return out

@@ -123,7 +123,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             p.add_argument(
                 "--vkey",
                 action="store_true",
-                help="print the C2SP vkey of each key instead (for witnesses' --log-key)",
+                help="print the C2SP vkey of each key instead (for witnesses' --log-key); "
+                "creates the audit store if there is none yet, since the vkey names its origin",
             )
 
 
@@ -383,8 +384,8 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
     origin = ""
     try:
         ring = KeyRing.load(args.data_dir)
-        if args.vkey:  # a log's vkey is named after its origin, kept in the store
-            store = _open_store(args)
+        if args.vkey:  # named after the log's origin: create the store if it is new
+            store = AuditStore.open(data_dir=args.data_dir, url=args.database_url)
             origin = store.origin
             store.close()
     except SigningKeyError as exc:

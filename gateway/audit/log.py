@@ -148,8 +148,12 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         max_batch: int = 512,
         checkpoint_interval: float = 1.0,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
     ) -> None:
+        """``on_checkpoint`` is called from the writer thread after each new checkpoint is
+        stored (the witness pusher wakes on it); it must not block."""
         self._store = store
+        self._on_checkpoint = on_checkpoint
         self._keyring = keyring
         self._clock = clock
         self._max_batch = max_batch
@@ -352,6 +356,8 @@ class AuditLog:
                 self._last_checkpoint = checkpoint
                 self._last_checkpoint_size = frontier.size
                 self._stats.checkpoints += 1
+                if self._on_checkpoint is not None:
+                    self._on_checkpoint(checkpoint)
         except Exception as exc:  # same reasoning as in _commit: the writer must survive
             if not isinstance(exc, (StoreError, SQLAlchemyError)):
                 logger.exception("unexpected error while signing a checkpoint")

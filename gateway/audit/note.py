@@ -191,7 +191,7 @@ def vkey(name: str, kind: int, public_key: Ed25519PublicKey) -> str:
 
 def parse_vkey(text: str) -> tuple[str, int, Ed25519PublicKey]:
     """``(name, signature type, public key)``; the embedded key ID must match."""
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # the base64 key may itself hold "+"
     if len(parts) != 3:
         raise NoteError("a vkey is <name>+<8 hex key ID>+<base64 key>")
     name, key_hex, encoded = parts
