@@ -28,7 +28,7 @@ from gateway.audit.checkpoint import b64
 from gateway.audit.export import export_csv, iter_export_chunks
 from gateway.audit.proofs import consistency
 from gateway.audit.store import AuditStore
-from gateway.audit.subject import SubjectEntry, subject_records
+from gateway.audit.subject import subject_records
 from gateway.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -523,9 +523,17 @@ async def audit_consistency(
     )  # fmt: skip
 
 
+class SubjectRecord(msgspec.Struct, frozen=True):
+    """One record about the person: its leaf index and its fields (format 1 or 2;
+    ``v`` tells which). A format-2 outcome refers to its intent by ``request_id``."""
+
+    seq: int
+    record: dict[str, Any]
+
+
 class SubjectAccess(msgspec.Struct):
     upstream: str
-    records: list[SubjectEntry]
+    records: list[SubjectRecord]
 
 
 @get(
@@ -554,10 +562,18 @@ async def audit_subject(
         raise NotFound("no upstream of that name in the active policy", code="upstream.unknown")
     pseudonyms = subject_pseudonyms(config, state.pseudonyms, subject)
     store = state.store
+    committer = state.pseudonyms.committer()
     entries = await asyncio.to_thread(
-        lambda: list(subject_records(store, pseudonyms, upstream=upstream)) if pseudonyms else []
+        lambda: (
+            list(subject_records(store, pseudonyms, committer, upstream=upstream))
+            if pseudonyms
+            else []
+        )
     )
-    return SubjectAccess(upstream=upstream, records=entries)
+    return SubjectAccess(
+        upstream=upstream,
+        records=[SubjectRecord(e.seq, msgspec.to_builtins(e.record)) for e in entries],
+    )
 
 
 admin_router = Router(

@@ -12,7 +12,6 @@ import contextlib
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder
 from gateway.proxy import Proxy
+from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
@@ -70,6 +70,7 @@ class GatewayState:
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
+        self.request_ids = RequestIds()  # the one source of request ids in this process
         self.admin_hashes: list[str] = []
 
     def admin_ok(self, token: str) -> bool:
@@ -161,13 +162,15 @@ async def _start(
     state.store, state.audit, state.keyring, state.pseudonyms = store, audit, keyring, pseudonyms
 
     pending_loads: set[asyncio.Task[None]] = set()
+    request_ids = state.request_ids
 
     async def audit_load(version: str | None, ok: bool, errors: tuple[str, ...]) -> None:
         record = AuditRecord(
             kind="policy.load",
             time=rfc3339(time.time()),
-            request_id=uuid.uuid4().hex,
+            request_id=request_ids.next_id(),
             decision="loaded" if ok else "rejected",
+            status=None if ok else 422,
             policy_version=version,
             detail="; ".join(errors)[:4000] if errors else None,
         )
@@ -193,7 +196,7 @@ async def _start(
         AuditRecord(
             kind="gateway.start",
             time=rfc3339(time.time()),
-            request_id=uuid.uuid4().hex,
+            request_id=request_ids.next_id(),
             policy_version=policy.current.version,
             detail=f"signing key {keyring.key_id}; gateway {__version__}",
         )
@@ -251,6 +254,7 @@ async def _start(
         limiter=limiter,
         session=session,
         pseudonyms=pseudonyms,
+        request_ids=state.request_ids,
         client_keys=client_keys,
         id_key=id_key,
         metrics=state.metrics,

@@ -73,6 +73,8 @@ from gateway.audit.export import (
 )
 from gateway.audit.merkle import EMPTY_ROOT, Frontier, compact_range
 from gateway.audit.note import NoteError, WitnessKey, parse_signature_line
+from gateway.audit.record import canonical_bytes as canonical_record
+from gateway.audit.record import decode_record
 from gateway.audit.signing import fingerprint, load_public_keys, verify_signature
 
 CODES = (
@@ -206,7 +208,16 @@ class _Verifier:
                     if seq != self.frontier.size:
                         self._out_of_place_record(number, obj, line)
                     # The record's bytes are verbatim between the prefix and the final "}".
-                    append(sha(b"\x00" + line[33 + len(str(seq)) : -1]).digest())
+                    body = line[33 + len(str(seq)) : -1]
+                    try:
+                        canonical = canonical_record(decode_record(body)) == body
+                    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                        raise _Failure("malformed", number, str(exc)) from None
+                    if not canonical:
+                        raise _Failure(
+                            "non_canonical", number, "the record is not in canonical encoding"
+                        )
+                    append(sha(b"\x00" + body).digest())
                     if seq + 1 == watch:
                         self.watched_root = self.frontier.root()
                     self.records += 1
@@ -579,7 +590,13 @@ def scan_block(data: bytes) -> list[_ScanItem] | None:
                     items.append((start, first, len(leaves), compact_range(first, leaves)))
                     leaves = []
                 start, first = index, seq
-            leaves.append(sha(b"\x00" + line[33 + len(str(seq)) : -1]).digest())
+            body = line[33 + len(str(seq)) : -1]
+            try:
+                if canonical_record(decode_record(body)) != body:
+                    return None
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                return None
+            leaves.append(sha(b"\x00" + body).digest())
             expected = seq + 1
         else:
             if leaves:
