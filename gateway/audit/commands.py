@@ -22,6 +22,13 @@ from gateway.audit.pseudonym import KEY_FILE, Pseudonymizer
 from gateway.audit.signing import KeyRing, SigningKeyError, fingerprint, load_public_keys
 from gateway.audit.store import AuditStore, StoreError
 from gateway.audit.subject import subject_records, with_inclusion_proofs
+from gateway.audit.subject_report import (
+    SubjectReport,
+    build_report,
+    encode_report,
+    render_html,
+    verify_report,
+)
 from gateway.audit.verify import TreeHead, check_extends, verify_export
 
 
@@ -83,6 +90,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     verify.set_defaults(func=cmd_verify)
 
+    report = audit_sub.add_parser(
+        "verify-subject", help="check a subject report offline against pinned keys"
+    )
+    report.add_argument("report", type=Path)
+    report.add_argument("--public-key", type=Path, action="append", required=True)
+    report.add_argument("--witness-key", type=Path, action="append", default=[])
+    report.add_argument("--min-witnesses", type=int)
+    report.set_defaults(func=cmd_verify_subject)
+
     checkpoint = audit_sub.add_parser(
         "checkpoint", help="print the latest checkpoint as a C2SP tlog-checkpoint signed note"
     )
@@ -92,7 +108,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     subject = audit_sub.add_parser("subject", help="every record about one person (JSON lines)")
     _store_arguments(subject)
     subject.add_argument("--upstream", required=True, help="upstream name, e.g. klout")
-    subject.add_argument("--subject", required=True, help="the person's identifier there")
+    subject.add_argument(
+        "--subject",
+        required=True,
+        action="append",
+        help="the person's identifier there; repeat for every identifier of the same person",
+    )
     subject.add_argument(
         "--namespace",
         help="only this identifier namespace (e.g. twitter_screen_name); default: every "
@@ -106,6 +127,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     subject.add_argument(
         "--proofs", action="store_true", help="add inclusion proofs against a fresh checkpoint"
+    )
+    subject.add_argument(
+        "--out",
+        type=Path,
+        help="write a signed subject report (JSON, with inclusion proofs) to this file and a "
+        "page for the person beside it (.html)",
     )
     subject.set_defaults(func=cmd_subject)
 
@@ -322,8 +349,9 @@ def cmd_subject(args: argparse.Namespace) -> int:
     if not key_path.exists():
         return _fail(f"no subject key {key_path}: no records can name anyone")
     pseudonymizer = Pseudonymizer.load_or_create(args.data_dir)
+    pseudonyms: list[str] = []
     if args.namespace:
-        pseudonyms = [pseudonymizer.pseudonym(args.namespace, args.subject)]
+        pseudonyms = [pseudonymizer.pseudonym(args.namespace, s) for s in args.subject]
     else:
         from gateway.policies.loader import PolicyError, read_policy
         from gateway.upstreams.registry import subject_pseudonyms
@@ -335,10 +363,22 @@ def cmd_subject(args: argparse.Namespace) -> int:
         upstream = next((u for u in policy.upstreams if u.name == args.upstream), None)
         if upstream is None:
             return _fail(f"no upstream {args.upstream!r} in {args.policies}")
-        pseudonyms = subject_pseudonyms(upstream, pseudonymizer, args.subject)
+        for identifier in args.subject:
+            pseudonyms += subject_pseudonyms(upstream, pseudonymizer, identifier)
+    pseudonyms = list(dict.fromkeys(pseudonyms))
     try:
         store = _open_store(args)
         try:
+            if args.out is not None:
+                report = build_report(
+                    store,
+                    KeyRing.load(args.data_dir),
+                    pseudonymizer.committer(),
+                    pseudonyms,
+                    args.upstream,
+                )
+                _write_report(args.out, report)
+                return 0
             entries = list(
                 subject_records(
                     store, pseudonyms, pseudonymizer.committer(), upstream=args.upstream
@@ -352,11 +392,47 @@ def cmd_subject(args: argparse.Namespace) -> int:
             store.close()
     except SigningKeyError as exc:
         return _fail(f"{exc.code}: {exc.detail}")
-    except StoreError as exc:
+    except (StoreError, OSError) as exc:
         return _fail(f"audit.unavailable: {exc}")
     for entry in entries:
         sys.stdout.buffer.write(msgspec.json.encode(entry) + b"\n")
     print(f"{len(entries)} records", file=sys.stderr)
+    return 0
+
+
+def _write_report(out: Path, report: SubjectReport) -> None:
+    page = out.with_name(out.stem + ".html") if out.suffix == ".json" else Path(f"{out}.html")
+    for path, data in ((out, encode_report(report)), (page, render_html(report).encode())):
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    witnessed = report.checkpoint.count("\u2014") - 1
+    print(
+        f"{len(report.records)} records with inclusion proofs to tree size "
+        f"{report.checkpoint.split(chr(10))[1]} ({witnessed} witness cosignatures"
+        f"{f', {report.omitted_v1} format-1 records left out' if report.omitted_v1 else ''}) "
+        f"in {out} and {page}",
+        file=sys.stderr,
+    )
+
+
+def cmd_verify_subject(args: argparse.Namespace) -> int:
+    try:
+        keys = load_public_keys(b"".join(Path(p).read_bytes() for p in args.public_key))
+        witnesses: list[WitnessKey] = []
+        for path in args.witness_key:
+            witnesses += load_witness_keys(Path(path).read_text(encoding="utf-8"))
+        data = args.report.read_bytes()
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return _fail(f"cannot use the arguments: {exc}")
+    minimum = args.min_witnesses if args.min_witnesses is not None else min(1, len(witnesses))
+    verdict = verify_report(data, keys, witnesses, minimum)
+    if not verdict.ok:
+        return _fail(str(verdict))
+    print(str(verdict))
+    print(f"trusted key {verdict.key_id} {verdict.fingerprint}")
+    if witnesses:
+        print(f"witnessed by {', '.join(verdict.witnesses) or 'none'}")
     return 0
 
 
