@@ -32,6 +32,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord, rfc3339
+from gateway.audit.retention import RetentionTask
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.audit.witnessing import WitnessPusher, parse_witness_options
@@ -204,6 +205,9 @@ async def _start(
     policy.start()
     stack.push_async_callback(policy.stop)
     state.policy = policy
+    retention = RetentionTask(audit, store, lambda: policy.current.policy.audit.retention)
+    retention.start()  # prunes records older than `audit: retention`, at start and hourly
+    stack.push_async_callback(retention.stop)
 
     state.admin_hashes = [*load_admin_hashes(data_dir), *settings.admin_token_hashes]
 

@@ -8,6 +8,7 @@ e.g. ``FAIL line 17: reordered: record seq 9 follows seq 11``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from gateway.audit.subject_report import (
     verify_report,
 )
 from gateway.audit.verify import TreeHead, check_extends, verify_export
+from gateway.errors import GatewayError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,6 +100,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--witness-key", type=Path, action="append", default=[])
     report.add_argument("--min-witnesses", type=int)
     report.set_defaults(func=cmd_verify_subject)
+
+    prune = audit_sub.add_parser(
+        "prune", help="drop the bodies of records older than the retention (hashes kept)"
+    )
+    _store_arguments(prune)
+    prune.add_argument(
+        "--policies",
+        type=Path,
+        default=Path("policies.yaml"),
+        help="the policy file whose `audit: retention` applies (default ./policies.yaml)",
+    )
+    prune.add_argument("--retention", help="override it, e.g. 400d")
+    prune.set_defaults(func=cmd_prune)
 
     checkpoint = audit_sub.add_parser(
         "checkpoint", help="print the latest checkpoint as a C2SP tlog-checkpoint signed note"
@@ -317,6 +332,52 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"witnessed by {', '.join(result.witnesses) or 'none'}")
     if extension is not None:
         print(str(extension))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from gateway.audit.log import AuditLog
+    from gateway.audit.retention import prune_expired
+    from gateway.policies.loader import PolicyError, parse_duration, read_policy
+
+    text = args.retention
+    if text is None:
+        try:
+            text = read_policy(args.policies).policy.audit.retention
+        except PolicyError as exc:
+            return _fail("; ".join(exc.lines()))
+        if text is None:
+            print(f"no `audit: retention` in {args.policies}: nothing is pruned", file=sys.stderr)
+            return 0
+    seconds = parse_duration(text)
+    if seconds is None:
+        return _fail(f"not a duration: {text!r} (write e.g. 400d)")
+
+    async def run() -> tuple[int, int] | None:
+        store = _open_store(args)
+        audit = AuditLog(store, KeyRing.load(args.data_dir))
+        try:
+            await audit.start()
+            try:
+                return await prune_expired(
+                    audit, store, seconds, actor="cli:prune", retention_text=text
+                )
+            finally:
+                await audit.close()
+        finally:
+            store.close()
+
+    try:
+        pruned = asyncio.run(run())
+    except SigningKeyError as exc:
+        return _fail(f"{exc.code}: {exc.detail}")
+    except (StoreError, GatewayError) as exc:
+        return _fail(f"audit.unavailable: {exc}")
+    if pruned is None:
+        print(f"no record is older than {text}", file=sys.stderr)
+    else:
+        print(f"pruned records seq {pruned[0]}..{pruned[1] - 1} (older than {text}); "
+              "their hashes stay, exports show the range as pruned", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -65,6 +66,19 @@ FORMAT = "score-gateway-audit-export/2"
 #: (``"format":2`` and witness ``cosignatures``); /1 files stay valid forever.
 FORMATS = ("score-gateway-audit-export/1", FORMAT)
 CHECKPOINT_FORMAT = 2
+#: How every ``audit.prune`` record begins (format 2): exports always carry them.
+PRUNE_PREFIX = b'{"v":2,"kind":"audit.prune",'
+_PRUNED_RANGE = re.compile(r"^pruned \[(\d+), (\d+)\)")
+
+
+def prune_range(detail: str | None) -> tuple[int, int] | None:
+    """The ``[from, until)`` an ``audit.prune`` record's detail names
+    (:mod:`gateway.audit.retention` writes it)."""
+    match = _PRUNED_RANGE.match(detail or "")
+    if match is None:
+        return None
+    begin, end = int(match.group(1)), int(match.group(2))
+    return (begin, end) if begin < end else None
 
 
 class HeaderLine(
@@ -105,6 +119,22 @@ class RangeLine(
     forbid_unknown_fields=True,
     kw_only=True,
 ):
+    begin: int
+    end: int
+    hashes: list[str]
+
+
+class PrunedLine(
+    msgspec.Struct,
+    tag="pruned",
+    tag_field="type",
+    frozen=True,
+    forbid_unknown_fields=True,
+    kw_only=True,
+):
+    """Records ``[begin, end)`` inside the window whose bodies retention dropped: only
+    their compact range is left. An ``audit.prune`` record in the export covers them."""
+
     begin: int
     end: int
     hashes: list[str]
@@ -167,7 +197,7 @@ class SealLine(
         ).encode()
 
 
-ExportLine = HeaderLine | RecordLine | RangeLine | CheckpointLine | SealLine
+ExportLine = HeaderLine | RecordLine | RangeLine | PrunedLine | CheckpointLine | SealLine
 
 line_encoder = msgspec.json.Encoder(order="deterministic")
 
@@ -241,15 +271,22 @@ def iter_export_lines(
         yield _checkpoint_line(pending, pending_lines)
         pending, pending_lines = next(checkpoints, (None, []))
     gap: RangeBuilder | None = None
+    pruned = False  # whether ``gap`` holds pruned records (inside the window) or omitted ones
     for row in store.iter_records(0, size):
         inside = (since is None or row.time >= since) and (until is None or row.time < until)
-        if not inside:
+        # Prune records authorise the pruned ranges: every export that has a range keeps them.
+        inside = inside or row.body.startswith(PRUNE_PREFIX)
+        hashes_only = not inside or not row.body
+        if hashes_only:
+            if gap is not None and pruned != (inside and not row.body):
+                yield _range_line(gap, pruned)
+                gap = None
             if gap is None:
-                gap = RangeBuilder(row.seq)
+                gap, pruned = RangeBuilder(row.seq), inside
             gap.append(row.leaf_hash)
         else:
             if gap is not None:
-                yield _range_line(gap)
+                yield _range_line(gap, pruned)
                 gap = None
             yield b'{"type":"record","seq":%d,"record":%s}\n' % (row.seq, row.body)
         # Checkpoints up to this size are passed; those inside an omitted range are skipped.
@@ -258,13 +295,14 @@ def iter_export_lines(
                 yield _checkpoint_line(pending, pending_lines)
             pending, pending_lines = next(checkpoints, (None, []))
     if gap is not None:
-        yield _range_line(gap)
+        yield _range_line(gap, pruned)
     yield _checkpoint_line(checkpoint, store.cosignatures(size, size).get(size, []))
 
 
-def _range_line(gap: RangeBuilder) -> bytes:
+def _range_line(gap: RangeBuilder, pruned: bool = False) -> bytes:
     hashes = [h.hex() for h in gap.hashes()]
-    return line_encoder.encode(RangeLine(begin=gap.begin, end=gap.end, hashes=hashes)) + b"\n"
+    kind = PrunedLine if pruned else RangeLine
+    return line_encoder.encode(kind(begin=gap.begin, end=gap.end, hashes=hashes)) + b"\n"
 
 
 class ExportError(Exception):
@@ -397,6 +435,8 @@ def export_csv(
     for row in store.iter_records(0, size):
         if (since is not None and row.time < since) or (until is not None and row.time >= until):
             continue
+        if not row.body:
+            continue  # pruned by retention
         record = decode_record(row.body)
         fields = msgspec.structs.asdict(record)
         # Format 2 names people by commitments, which mean nothing in a

@@ -20,6 +20,8 @@ Tables (all prefixed ``audit_``):
 * ``audit_checkpoint``: signed checkpoints by ``size`` (strictly increasing),
   with the frontier at that size so recovery can re-verify only the tail.
 * ``audit_meta``: ``origin``, the log identity, generated once per store.
+* ``audit_meta`` also holds ``pruned_until`` once retention pruned records: rows
+  below it may have an empty ``body`` (dropped), their ``leaf_hash`` kept.
 * ``audit_cosignature``: witnesses' cosignature lines by ``(size, witness)``
   (:mod:`gateway.audit.witness`); exports carry them on their checkpoints.
 
@@ -520,6 +522,54 @@ class AuditStore:
             if len(rows) < READ_CHUNK:
                 return
             low = rows[-1].size + 1
+
+    # -- retention -------------------------------------------------------------------
+
+    def pruned_until(self) -> int:
+        """Records below this seq may have had their bodies dropped (0: none pruned)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(META.c.value).where(META.c.key == "pruned_until")
+            ).scalar_one_or_none()
+        return 0 if value is None else int(value)
+
+    def first_seq_since(self, begin: int, cutoff: str) -> int:
+        """The first seq at or after ``begin`` whose record time is ``>= cutoff`` (or the size)."""
+        with self.engine.connect() as conn:
+            seq = conn.execute(
+                select(RECORDS.c.seq)
+                .where(RECORDS.c.seq >= begin, RECORDS.c.time >= cutoff)
+                .order_by(RECORDS.c.seq)
+                .limit(1)
+            ).scalar_one_or_none()
+            if seq is not None:
+                return int(seq)
+            return int(conn.execute(select(HEAD.c.size)).scalar_one())
+
+    def prune(self, begin: int, end: int) -> int:
+        """Drop the bodies of records ``[begin, end)`` but ``audit.prune`` ones, keep their
+        leaf hashes, forget them in the subject index; return how many were dropped."""
+        try:
+            with self.engine.begin() as conn:
+                dropped = conn.execute(
+                    update(RECORDS)
+                    .where(
+                        RECORDS.c.seq >= begin,
+                        RECORDS.c.seq < end,
+                        RECORDS.c.kind != "audit.prune",
+                        RECORDS.c.body != b"",
+                    )
+                    .values(body=b"", client=None, purpose=None, upstream=None)
+                ).rowcount
+                conn.execute(SUBJECTS.delete().where(SUBJECTS.c.seq >= begin, SUBJECTS.c.seq < end))
+                done = conn.execute(
+                    update(META).where(META.c.key == "pruned_until").values(value=str(end))
+                ).rowcount
+                if not done:
+                    conn.execute(insert(META), {"key": "pruned_until", "value": str(end)})
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot prune: {exc.__class__.__name__}") from exc
+        return int(dropped)
 
     # -- witness cosignatures ------------------------------------------------------
 

@@ -105,6 +105,8 @@ def build_report(
     intents: dict[str, int] = {}
     omitted_v1 = 0
     for row in store.subject_records(wanted):
+        if not row.body:
+            continue  # pruned by retention
         record = decode_record(row.body)
         matches = [
             Match(position=m.position, pseudonym=m.pseudonym, salt=m.salt.hex())

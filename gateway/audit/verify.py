@@ -63,13 +63,16 @@ from gateway.audit.checkpoint import b64, strict_b64decode
 from gateway.audit.export import (
     CHECKPOINT_FORMAT,
     FORMATS,
+    PRUNE_PREFIX,
     CheckpointLine,
     ExportLine,
     HeaderLine,
+    PrunedLine,
     RangeLine,
     RecordLine,
     SealLine,
     line_encoder,
+    prune_range,
 )
 from gateway.audit.merkle import EMPTY_ROOT, Frontier, compact_range
 from gateway.audit.note import NoteError, WitnessKey, parse_signature_line
@@ -121,12 +124,17 @@ class VerifyResult:
     watched_root: str | None = None
     #: an omitted range that hides the ``watch`` size
     watch_hidden: tuple[int, int] | None = None
+    #: ranges ``[begin, end)`` whose bodies retention pruned (authorised by audit.prune)
+    pruned: tuple[tuple[int, int], ...] = field(default=())
 
     def __str__(self) -> str:
         if self.ok:
+            pruned = "".join(
+                f", pruned seq {begin}..{end - 1} (retention)" for begin, end in self.pruned
+            )
             return (
                 f"OK: {self.records} records, tree size {self.size}, {self.checkpoints} "
-                f"checkpoints, root {self.root}, keys {', '.join(self.key_ids)}"
+                f"checkpoints, root {self.root}, keys {', '.join(self.key_ids)}{pruned}"
             )
         return f"FAIL line {self.line}: {self.code}: {self.message}"
 
@@ -166,6 +174,8 @@ class _Verifier:
         self.watch_hidden: tuple[int, int] | None = None
         self.last_witnesses: tuple[str, ...] = ()
         self.last_checkpoint_number = 0
+        self.pruned: list[tuple[int, int, int]] = []  # (begin, end, line)
+        self.prune_records: list[tuple[int, int]] = []
         self.frontier = Frontier()
         self.header: HeaderLine | None = None
         self.digest = _sha256()
@@ -218,6 +228,8 @@ class _Verifier:
                             "non_canonical", number, "the record is not in canonical encoding"
                         )
                     append(sha(b"\x00" + body).digest())
+                    if body.startswith(PRUNE_PREFIX):
+                        self._prune_record(body)
                     if seq + 1 == watch:
                         self.watched_root = self.frontier.root()
                     self.records += 1
@@ -272,7 +284,7 @@ class _Verifier:
                         lines = data.split(b"\n")
                     line = lines[item]
                     obj = _decoder.decode(line)
-                    if type(obj) not in (CheckpointLine, RangeLine):
+                    if type(obj) not in (CheckpointLine, RangeLine, PrunedLine):
                         raise _Fallback
                     self._other(base + item + 1, obj, line)
                     self.prev_record_line = b""
@@ -301,6 +313,8 @@ class _Verifier:
         state["frontier"] = self.frontier.copy()
         state["digest"] = self.digest.copy()
         state["key_ids"] = set(self.key_ids)
+        state["pruned"] = list(self.pruned)
+        state["prune_records"] = list(self.prune_records)
         return state
 
     def _restore(self, state: dict[str, object]) -> None:
@@ -372,8 +386,34 @@ class _Verifier:
             self._checkpoint(number, obj, line)
         elif type(obj) is RangeLine:
             self._range(number, obj)
+        elif type(obj) is PrunedLine:
+            if self.header.format == FORMATS[0]:
+                raise _Failure("malformed", number, "a format-1 export has no pruned ranges")
+            self._range(number, obj)
+            self.pruned.append((obj.begin, obj.end, number))
 
-    def _range(self, number: int, obj: RangeLine) -> None:
+    def _prune_record(self, body: bytes) -> None:
+        record = decode_record(body)
+        covered = prune_range(record.detail)
+        if covered is not None:
+            self.prune_records.append(covered)
+
+    def _check_pruned(self) -> None:
+        """Every pruned range lies inside the ranges that ``audit.prune`` records name."""
+        for begin, end, number in self.pruned:
+            position = begin
+            for low, high in sorted(self.prune_records):
+                if low <= position < high:
+                    position = high
+            if position < end:
+                raise _Failure(
+                    "deleted",
+                    number,
+                    f"records seq {position}..{end - 1} were dropped without a signed "
+                    "audit.prune record covering them",
+                )
+
+    def _range(self, number: int, obj: RangeLine | PrunedLine) -> None:
         expected = self.frontier.size
         if obj.begin > expected:
             raise _Gap(number, expected, obj.begin, f"omitted range [{obj.begin}, {obj.end})")
@@ -512,6 +552,7 @@ class _Verifier:
                 number,
                 f"records beyond the last checkpoint (size {seal.size}): {self.frontier.size}",
             )
+        self._check_pruned()
         if len(self.last_witnesses) < self.min_witnesses:
             have = ", ".join(self.last_witnesses) or "none"
             raise _Failure(
@@ -558,7 +599,7 @@ _ScanItem = int | tuple[int, int, int, list[bytes]]
 _STATE = (
     "header", "lines", "records", "checkpoints", "last_checkpoint", "last_checkpoint_line",
     "verified_upto", "prev_record_line", "prev_seq", "seal", "key_ids", "watched_root",
-    "watch_hidden", "last_witnesses", "last_checkpoint_number",
+    "watch_hidden", "last_witnesses", "last_checkpoint_number", "pruned", "prune_records",
 )  # fmt: skip
 
 
@@ -591,6 +632,8 @@ def scan_block(data: bytes) -> list[_ScanItem] | None:
                     leaves = []
                 start, first = index, seq
             body = line[33 + len(str(seq)) : -1]
+            if body.startswith(PRUNE_PREFIX):
+                return None  # the serial path notes the range it authorises
             try:
                 if canonical_record(decode_record(body)) != body:
                     return None
@@ -760,6 +803,7 @@ def verify_export(
         witnesses=verifier.last_witnesses,
         watched_root=None if verifier.watched_root is None else b64(verifier.watched_root),
         watch_hidden=verifier.watch_hidden,
+        pruned=tuple((begin, end) for begin, end, _ in verifier.pruned),
     )
 
 

@@ -159,6 +159,14 @@ class Settings(_Model, frozen=True, kw_only=True):
     default_decision: Literal["deny"] = "deny"
 
 
+class AuditSettings(_Model, frozen=True, kw_only=True):
+    """What the audit log keeps, and for how long."""
+
+    # How long lookup records are kept whole: ``400d``. Older ones are pruned: their
+    # bodies are dropped, their hashes kept, so the log still verifies. None: forever.
+    retention: str | None = None
+
+
 class Policy(_Model, frozen=True, kw_only=True):
     """The whole file."""
 
@@ -169,6 +177,7 @@ class Policy(_Model, frozen=True, kw_only=True):
     # Keyed HMAC pseudonyms (``gateway objections add``) of subjects who objected.
     objections: list[str] = []
     settings: Settings = Settings()
+    audit: AuditSettings = AuditSettings()
     # Required, even if empty: a file cut off before its rules must not load as a
     # policy that allows everything (fail closed; write ``rules: []`` deliberately).
     rules: list[Rule]
