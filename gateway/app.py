@@ -33,6 +33,7 @@ from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord, rfc3339
 from gateway.audit.retention import RetentionTask
+from gateway.audit.sequencer import SequencerClient
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.audit.witnessing import WitnessPusher, parse_witness_options
@@ -66,7 +67,7 @@ class GatewayState:
         self.settings = settings
         self.metrics = Metrics()
         self.runtime: GatewayRuntime | None = None
-        self.audit: AuditLog | None = None
+        self.audit: AuditLog | SequencerClient | None = None
         self.store: AuditStore | None = None
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
@@ -150,13 +151,22 @@ async def _start(
 
     store = AuditStore.open(data_dir=data_dir, url=settings.database_url)
     stack.callback(store.close)
-    pusher = await _witness_pusher(settings, store, keyring, stack)
-    audit = AuditLog(store, keyring, on_checkpoint=pusher.notify if pusher else None)
-    await audit.start()
-    stack.push_async_callback(audit.close)  # closes before the pusher's last push
-    if pusher is not None:
-        pusher.start()
-    await close_orphans(audit, store)  # lookups a crash left without an outcome
+    audit: AuditLog | SequencerClient
+    if settings.sequencer_socket is not None:
+        # One sequencer process commits for every worker (gateway/audit/sequencer.py);
+        # it closes the lookups a crash left open when it starts, and pushes
+        # checkpoints to the witnesses.
+        audit = SequencerClient(settings.sequencer_socket)
+        await audit.start()
+        stack.push_async_callback(audit.close)
+    else:
+        pusher = await _witness_pusher(settings, store, keyring, stack)
+        audit = AuditLog(store, keyring, on_checkpoint=pusher.notify if pusher else None)
+        await audit.start()
+        stack.push_async_callback(audit.close)  # closes before the pusher's last push
+        if pusher is not None:
+            pusher.start()
+        await close_orphans(audit, store)  # lookups a crash left without an outcome
     backlog = OutcomeBacklog(audit)
     backlog.start()
     stack.push_async_callback(backlog.stop)

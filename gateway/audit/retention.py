@@ -20,10 +20,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from gateway.audit.log import AuditLog
-from gateway.audit.record import AuditRecord, rfc3339
+from gateway.audit.record import AnyRecord, AuditRecord, rfc3339
 from gateway.audit.store import AuditStore
 
 log = logging.getLogger("gateway.audit")
@@ -31,8 +31,15 @@ log = logging.getLogger("gateway.audit")
 PRUNE_KIND = "audit.prune"
 
 
+class AuditAppender(Protocol):
+    """What pruning needs of the log: an :class:`~gateway.audit.log.AuditLog` or the
+    sequencer's client."""
+
+    async def append(self, record: AnyRecord, index: Sequence[str] = ...) -> int: ...
+
+
 async def prune_expired(
-    audit: AuditLog,
+    audit: AuditAppender,
     store: AuditStore,
     retention_seconds: int,
     *,
@@ -68,7 +75,7 @@ class RetentionTask:
 
     def __init__(
         self,
-        audit: AuditLog,
+        audit: AuditAppender,
         store: AuditStore,
         retention: Callable[[], str | None],
         *,
