@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -322,7 +323,8 @@ def create_witness_app(witness: Witness) -> web.Application:
 
 
 async def serve_witness(witness: Witness, host: str, port: int) -> None:
-    """Serve until cancelled; print the bound URL first (port 0 picks a free one)."""
+    """Serve until SIGTERM or SIGINT; print the bound URL first (port 0: a free one).
+    State is on disk after every cosignature, so stopping loses nothing."""
     runner = web.AppRunner(create_witness_app(witness), access_log=None)
     await runner.setup()
     sock = socket.create_server((host, port))
@@ -330,7 +332,11 @@ async def serve_witness(witness: Witness, host: str, port: int) -> None:
     await site.start()
     bound = sock.getsockname()[1]
     print(f"witness {witness.name} listening on http://{host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
