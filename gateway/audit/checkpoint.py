@@ -19,6 +19,11 @@ exactly (UTF-8, every line ending in ``\\n``)::
 signing key (see :mod:`gateway.audit.signing`). The log signs one checkpoint per
 size: it never re-signs an unchanged tree (Rekor issue 1025: re-signed
 checkpoints of the same root confuse witnesses), so sizes strictly increase.
+
+That text is a C2SP ``tlog-checkpoint`` body with one extension line (the time):
+:func:`checkpoint_note` renders the checkpoint as a signed note (the log's
+signature line, key name = origin, then witness cosignatures) and
+:func:`checkpoint_from_note` reads one back, checking the log's signature.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Streaming audit export: one self-contained, offline-verifiable JSONL file (or CSV).
 
-JSONL format ``score-gateway-audit-export/1``. Every line is one JSON object in
+JSONL format ``score-gateway-audit-export/2`` (``/1`` files, without pruned lines
+and with format-1 checkpoints only, stay valid and verify). Every line is one JSON object in
 canonical form (msgspec, keys in the order below, no whitespace, ``\\n`` after
 every line including the last); a verifier re-encodes each line and insists on
 the same bytes. Lines, in order:
 
-1. ``{"type":"header","format":"score-gateway-audit-export/1","origin":O,"size":N,
+1. ``{"type":"header","format":"score-gateway-audit-export/2","origin":O,"size":N,
    "since":S,"until":U}``
    ``size`` is the tree size the export covers (records ``0 <= seq < N``);
    ``since``/``until`` the time window asked for (RFC 3339 strings or ``null``).
@@ -15,11 +16,17 @@ the same bytes. Lines, in order:
      for a run ``[a, b)`` of records outside the time window, one
      * ``{"type":"range","begin":a,"end":b,"hashes":[H,...]}``: the compact range of
        those leaves (hex subtree roots, :func:`gateway.audit.merkle.range_decomposition`
-       gives their positions), so the tree can still be recomputed without them.
+       gives their positions), so the tree can still be recomputed without them; or,
+     for a run of records inside the window whose bodies retention dropped,
+     * ``{"type":"pruned","begin":a,"end":b,"hashes":[H,...]}``, the same compact
+       range; ``audit.prune`` records are always exported, and one of them must
+       name a range covering it (:mod:`gateway.audit.retention`).
    After the line that completes leaf ``s-1`` comes the stored checkpoint of size
    ``s``, if there is one:
-   * ``{"type":"checkpoint","origin":O,"size":s,"root":B64,"time":T,"key_id":K,"signature":B64}``
-     (see :mod:`gateway.audit.checkpoint` for the signed note). Checkpoints
+   * ``{"type":"checkpoint","origin":O,"size":s,"root":B64,"time":T,"key_id":K,"signature":B64,
+     "format":2,"cosignatures":[LINE,...]}`` (see :mod:`gateway.audit.checkpoint`
+     for the signed note; each LINE is a witness's C2SP cosignature line over it,
+     :mod:`gateway.audit.note`; format-1 checkpoint lines end at ``signature``). Checkpoints
      whose size falls inside an omitted range are left out. The export signs a
      fresh checkpoint of size ``N`` first, so the last checkpoint always covers
      every record and range.
@@ -28,7 +35,7 @@ the same bytes. Lines, in order:
    lines before the seal; ``sha256`` is SHA-256 over all of their bytes
    (newlines included); ``size`` and ``root`` repeat the last checkpoint.
    ``signature`` is Ed25519 over the text (each line ending in ``\\n``)
-   ``score-gateway-audit-export/1``, ``{origin}``, ``{size}``, ``{root}``, ``{lines}``,
+   ``{format}`` (the header's), ``{origin}``, ``{size}``, ``{root}``, ``{lines}``,
    ``{sha256}``, ``{time}``. Cutting the file anywhere removes or breaks the seal.
 
 Why a filtered export still verifies: the ranges stand in for the left-out

@@ -19,6 +19,13 @@ code                meaning
 ``bad_signature``   a checkpoint or the seal does not verify under its key
 ``unknown_key``     a checkpoint or the seal names a key id not among the given keys
 ``origin_mismatch`` a checkpoint of another log (origin) than the header's
+``bad_cosignature`` a pinned witness's cosignature on a checkpoint does not verify
+``unwitnessed``     the final checkpoint has fewer valid cosignatures than required
+``rollback``        (``--previous``) the newer export is shorter than the older one
+``inconsistent``    (``--previous``) the newer tree, cut at the older size, has
+                    another root: a rewritten history; the first diverging record
+                    is named
+``unprovable``      (``--previous``) an omitted range hides the older size
 ==================  ==============================================================
 
 Steps per line: decode (``malformed``) → re-encode and compare bytes
@@ -29,9 +36,11 @@ seen, root against the recomputed root (``modified``) → for the seal: key,
 signature, line count, SHA-256 of all preceding bytes, final size and root.
 
 The public keys are pinned by the caller (``--public-key``), never taken from
-the export. What this cannot detect on its own (reliability anchors (b)): a
-whole-log rewrite by someone holding the signing key, or a fork shown to
-different people; compare the checkpoints with ones kept elsewhere for that.
+the export. On its own an export cannot show a whole-log rewrite by someone
+holding the signing key, or a fork shown to different people; ``--previous`` (an
+older export must be a prefix, RFC 6962 consistency, :func:`check_extends`) and
+``--witness-key`` (an independent witness cosigned the final checkpoint after
+checking consistency with everything it saw, :mod:`gateway.audit.witness`) do.
 
 Speed: no per-record signature exists to check; each record line costs one
 msgspec decode, one encode, one leaf SHA-256, about one node hash and its share
