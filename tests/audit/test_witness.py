@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,3 +262,50 @@ def test_the_gateway_pusher_gets_every_checkpoint_cosigned_over_http(
     tampered = verify_export([data.replace(line, flipped)], pem, witnesses=[key])
     assert not tampered.ok
     assert tampered.code == "bad_cosignature"
+
+
+def test_the_sequencer_pushes_every_checkpoint_to_its_witnesses(tmp_path: Path) -> None:
+    """With --workers, the sequencer process is the log's one writer; it pushes the
+    checkpoints, including the last one signed at shutdown."""
+    from gateway.audit.sequencer import SequencerClient, run_sequencer
+    from tests.audit.support import make_entry
+    from tests.audit.test_sequencer import short_socket
+
+    data = tmp_path / "var"
+    keyring = KeyRing.load_or_create(data)
+    store = AuditStore.open(data_dir=data)
+    private, key = load_or_create_key(tmp_path / "witness", NAME)
+    vkey = tmp_path / "witness" / "witness.vkey"
+    logs = {store.origin: {"k": keyring.public_keys[keyring.key_id]}}
+    witness = Witness(NAME, private, logs, tmp_path / "witness")
+    path = short_socket()
+
+    async def scenario() -> None:
+        runner = web.AppRunner(create_witness_app(witness))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        ready = asyncio.Event()
+        sequencer = asyncio.create_task(
+            run_sequencer(data, None, path, ready=ready, witnesses=[f"{url}={vkey}"])
+        )
+        await asyncio.wait_for(ready.wait(), 10)
+        client = SequencerClient(path)
+        await client.start()
+        for i in range(30):
+            await client.append(*make_entry(i))
+            if i % 10 == 9:
+                await client.checkpoint()
+        await client.close()
+        # The sequencer's own SIGTERM handler (on this loop) stops it as serve would.
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(sequencer, 20)
+        await runner.cleanup()
+
+    asyncio.run(scenario())
+    sizes = [c.size for c in store.iter_checkpoints(1, 1 << 40)]
+    assert sizes[-1] == 30
+    assert set(sizes) <= set(store.cosignatures(0, 1 << 40))
+    assert witness.state(store.origin) is not None
+    store.close()
+    assert key.name == NAME
