@@ -412,6 +412,40 @@ def load_witnesses(text: str) -> list[Witness]:
     return out
 
 
+def read_checkpoint_note(data: bytes, keys: dict[str, Ed25519PublicKey]) -> Result:
+    """The tree a C2SP checkpoint note signed by a pinned key commits to (signed-note:
+    key name = origin, key ID = SHA-256(origin || 0x0A || 0x01 || key)[:4])."""
+    text_part, sep, signatures = data.decode("utf-8").rpartition("\n\n")
+    lines = text_part.split("\n")
+    if not sep or len(lines) != 4 or not signatures.endswith("\n"):
+        raise ValueError("not a checkpoint note of this log (origin, size, root, time)")
+    origin, size, root = lines[0], lines[1], lines[2]
+    if not size.isdigit() or (size != "0" and size.startswith("0")):
+        raise ValueError("the tree size is not a decimal")
+    text = (text_part + "\n").encode()
+    by_id = {
+        hashlib.sha256(origin.encode() + b"\n\x01" + _raw(k)).digest()[:4]: k for k in keys.values()
+    }
+    trusted = False
+    for line in signatures[:-1].split("\n"):
+        prefix, _, rest = line.partition(" ")
+        name, _, encoded = rest.partition(" ")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise ValueError("a signature line is not base64") from None
+        if prefix != "\u2014" or name != origin or raw[:4] not in by_id:
+            continue
+        if not _verifies(by_id[raw[:4]], raw[4:], text):
+            raise ValueError(
+                f"no signature on the checkpoint verifies under a pinned key of {origin}"
+            )
+        trusted = True
+    if not trusted:
+        raise ValueError(f"no signature on the checkpoint verifies under a pinned key of {origin}")
+    return Result(size=int(size), root=root, origin=origin)
+
+
 class BadCosignature(Exception):
     pass
 
@@ -848,7 +882,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="verify_audit.py", description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path)
     parser.add_argument("--public-key", type=Path, action="append", required=True)
-    parser.add_argument("--previous", type=Path, help="an earlier export FILE must extend")
+    earlier = parser.add_mutually_exclusive_group()
+    earlier.add_argument("--previous", type=Path, help="an earlier export FILE must extend")
+    earlier.add_argument(
+        "--trusted-checkpoint", type=Path, help="a C2SP checkpoint note FILE must extend"
+    )
     parser.add_argument("--witness-key", type=Path, action="append", default=[])
     parser.add_argument("--min-witnesses", type=int)
     parser.add_argument("--quiet", action="store_true", help="accepted for compatibility")
@@ -874,6 +912,12 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
+        if args.trusted_checkpoint is not None:
+            try:
+                old = read_checkpoint_note(args.trusted_checkpoint.read_bytes(), keys)
+            except ValueError as exc:
+                print(f"{args.trusted_checkpoint}: {exc}", file=sys.stderr)
+                return 1
         result = verify(args.file, keys, witnesses, minimum, None if old is None else old.size)
     except Failure as failure:
         print(f"FAIL line {failure.line}: {failure.code}: {failure.message}", file=sys.stderr)
@@ -881,8 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot read: {exc}", file=sys.stderr)
         return 1
+    source = str(args.previous or args.trusted_checkpoint)
     if old is not None:
-        code, message = _extends(old, result, str(args.previous))
+        code, message = _extends(old, result, source)
         if code:
             print(f"FAIL: {code}: {message}", file=sys.stderr)
             return 1

@@ -216,3 +216,40 @@ def test_witnessed_and_pruned_exports_get_the_same_verdict(
         assert ours.pruned == ((0, 20),)
     else:
         assert ours.code == code
+
+
+def test_a_trusted_checkpoint_note_gets_the_same_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--trusted-checkpoint: both accept a note the export extends and refuse an edited one."""
+    data = tmp_path / "var"
+    keyring = KeyRing.load_or_create(data)
+    store = AuditStore.open(data_dir=data)
+
+    async def grow(first: int, count: int) -> None:
+        log = AuditLog(store, keyring)
+        await log.start()
+        for i in range(first, first + count):
+            await log.append(*make_entry(i))
+        await log.close()
+
+    asyncio.run(grow(0, 7))
+    store.close()
+    capsys.readouterr()
+    assert main(["audit", "checkpoint", "--data-dir", str(data)]) == 0
+    note = capsys.readouterr().out
+    store = AuditStore.open(data_dir=data)
+    asyncio.run(grow(7, 5))
+    export = tmp_path / "e.jsonl"
+    export.write_bytes(export_bytes(store, keyring))
+    store.close()
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(keyring.public_pems())
+    for name, text in (("good", note), ("edited", note.replace("\n7\n", "\n6\n"))):
+        path = tmp_path / f"{name}.note"
+        path.write_text(text)
+        args = [str(export), "--public-key", str(pem), "--trusted-checkpoint", str(path)]
+        script = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True,
+                                text=True, check=False)  # fmt: skip
+        ours = main(["audit", "verify", "--quiet", *args])
+        assert script.returncode == ours == (0 if name == "good" else 1), script.stderr
