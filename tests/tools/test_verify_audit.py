@@ -253,3 +253,20 @@ def test_a_trusted_checkpoint_note_gets_the_same_verdict(
                                 text=True, check=False)  # fmt: skip
         ours = main(["audit", "verify", "--quiet", *args])
         assert script.returncode == ours == (0 if name == "good" else 1), script.stderr
+
+
+def test_a_format_1_export_gets_the_same_verdict(
+    mixed_log: tuple[AuditStore, KeyRing], tmp_path: Path
+) -> None:
+    """Exports of the first format pass both verifiers; a /1 file with format-2 checkpoint
+    lines fails both alike."""
+    from tests.audit.test_export_formats import _as_format_1
+
+    store, keyring = mixed_log
+    data = export_bytes(store, keyring)
+    ours, theirs = _both(_as_format_1(data, keyring), keyring, tmp_path)
+    assert ours == theirs == (True, None, None)
+    mixed = _as_format_1(data, keyring, keep_checkpoint_format=True)
+    ours, theirs = _both(mixed, keyring, tmp_path)
+    assert ours == theirs
+    assert ours[1] == "malformed"
