@@ -25,7 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

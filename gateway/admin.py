@@ -47,7 +47,9 @@ from litestar.params import FromQuery, QueryParameter, RawBody
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.audit.checkpoint import b64
 from gateway.audit.export import export_csv, iter_export_chunks
+from gateway.audit.proofs import consistency
 from gateway.audit.record import AuditRecord, PersonRef, rfc3339
 from gateway.audit.store import AuditStore
 from gateway.audit.subject import subject_records
@@ -865,6 +867,57 @@ def _csv_chunks(store: AuditStore, since: str | None, until: str | None) -> Iter
     return pipe.chunks()
 
 
+class ConsistencyProof(msgspec.Struct, kw_only=True):
+    """RFC 6962 section 2.1.2: the tree of ``to`` leaves extends the tree of ``from``."""
+
+    from_: int = msgspec.field(name="from")
+    to: int
+    from_root: str  # base64, compare with a checkpoint of size ``from`` you hold
+    to_root: str
+    proof: list[str]  # base64 hashes, in the order RFC 6962 / C2SP tlog-witness use
+
+
+@get(
+    "/audit/consistency",
+    summary="Consistency proof between two tree sizes",
+    operation_id="auditConsistency",
+    opt=admin_act("consistency", "auditor"),
+    responses={
+        **ADMIN_ERRORS,
+        400: _problem("from or to missing or not a non-negative integer (request.invalid)"),
+        404: _problem(
+            "No proof exists: not 0 <= from <= to <= the log's size (audit.range_invalid)"
+        ),
+    },
+)
+async def audit_consistency(
+    request: Request[Any, Any, Any],
+    from_: Annotated[int, QueryParameter(name="from", ge=0, description="the older size")],
+    to: Annotated[int, QueryParameter(ge=0, description="the newer size, at most the log's")],
+) -> ConsistencyProof:
+    """Proof that the log at size ``to`` extends the log at size ``from``. Check it
+    against two checkpoints you already hold (``gateway audit verify`` does this for
+    two exports offline); a log that rewrote history cannot produce one."""
+    _only_query(request, {"from", "to"})
+    state = gateway_state(request)
+    if state.store is None:
+        raise _unavailable("the audit store")
+    store = state.store
+    size = await asyncio.to_thread(lambda: store.head().size)
+    if not from_ <= to <= size:
+        # 404, not 400: the request is well formed, but no such proof exists (yet).
+        raise NotFound(
+            f"no proof exists: need 0 <= from <= to <= {size} (the log's size), "
+            f"got from={from_} to={to}",
+            code="audit.range_invalid",
+        )
+    proof, old_root, new_root = await asyncio.to_thread(consistency, store, from_, to)
+    return ConsistencyProof(
+        from_=from_, to=to, from_root=b64(old_root), to_root=b64(new_root),
+        proof=[b64(h) for h in proof],
+    )  # fmt: skip
+
+
 class SubjectRecord(msgspec.Struct, frozen=True):
     """One record about the person: its leaf index and its fields (format 1 or 2;
     ``v`` tells which). A format-2 outcome refers to its intent by ``request_id``."""
@@ -944,6 +997,7 @@ admin_router = Router(
         audit_public_key,
         audit_export,
         audit_subject,
+        audit_consistency,
     ],
     guards=[admin_guard],
     security=SECURITY,

@@ -23,12 +23,12 @@ from gateway.admin import (
     SECURITY,
     _problem,
     admin_guard,
+    admin_of,
     decode_strict_json,
     gateway_state,
     request_id_middleware,
 )
 from gateway.audit.store import StoreError
-from gateway.clients import key_hash
 from gateway.errors import AuditUnavailable, BadRequest, NotFound, ServiceUnavailable
 from gateway.objections import ObjectionError, Recorder, add, pseudonyms_of, remove, short
 
@@ -100,9 +100,10 @@ class ObjectionList(msgspec.Struct, kw_only=True):
     people: list[ObjectedPersonView]
 
 
-def _actor(request: Request[Any, Any, Any]) -> str:
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return "admin:" + key_hash(token)[-12:]  # names the token, never reveals it
+def _actor(request: Request[Any, Any, Any]) -> tuple[str, str]:
+    """The admin token's id and role, as every admin record names them (never the token)."""
+    admin = admin_of(request)
+    return admin.id, admin.role
 
 
 def _recorder(request: Request[Any, Any, Any]) -> Recorder:
@@ -153,9 +154,15 @@ async def add_objection(request: Request[Any, Any, Any], body: RawBody) -> Objec
     state = gateway_state(request)
     assert state.identity is not None
     assert state.audit is not None
+    actor, role = _actor(request)
     try:
         added = await add(
-            state.identity.store, _recorder(request), upstream, pseudonyms, actor=_actor(request)
+            state.identity.store,
+            _recorder(request),
+            upstream,
+            pseudonyms,
+            actor=_actor(request)[0],
+            role=_actor(request)[1],
         )
     except StoreError as exc:
         raise AuditUnavailable("the store cannot take the objection") from exc
@@ -221,9 +228,15 @@ async def remove_objection(request: Request[Any, Any, Any], body: RawBody) -> Ob
     state = gateway_state(request)
     assert state.identity is not None
     assert state.audit is not None
+    actor, role = _actor(request)
     try:
         people, named = await remove(
-            state.identity.store, _recorder(request), upstream, pseudonyms, actor=_actor(request)
+            state.identity.store,
+            _recorder(request),
+            upstream,
+            pseudonyms,
+            actor=_actor(request)[0],
+            role=_actor(request)[1],
         )
     except StoreError as exc:
         raise AuditUnavailable("the store cannot take the change") from exc

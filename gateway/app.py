@@ -34,9 +34,11 @@ from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer, load_pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord, rfc3339
+from gateway.audit.retention import RetentionTask
 from gateway.audit.sequencer import SequencerClient
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
+from gateway.audit.witnessing import WitnessPusher, parse_witness_options
 from gateway.cache import AnswerCache
 from gateway.clients import (
     DEMO_ADMIN_ID,
@@ -222,14 +224,18 @@ async def _start(
     audit: AuditLog | SequencerClient
     if settings.sequencer_socket is not None:
         # One sequencer process commits for every worker (gateway/audit/sequencer.py);
-        # it closes the lookups a crash left open when it starts.
+        # it closes the lookups a crash left open when it starts, and pushes
+        # checkpoints to the witnesses.
         audit = SequencerClient(settings.sequencer_socket)
         await audit.start()
         stack.push_async_callback(audit.close)
     else:
-        audit = AuditLog(store, keyring)
+        pusher = await _witness_pusher(settings, store, keyring, stack)
+        audit = AuditLog(store, keyring, on_checkpoint=pusher.notify if pusher else None)
         await audit.start()
-        stack.push_async_callback(audit.close)
+        stack.push_async_callback(audit.close)  # closes before the pusher's last push
+        if pusher is not None:
+            pusher.start()
         await close_orphans(audit, store)  # lookups a crash left without an outcome
     backlog = OutcomeBacklog(audit)
     backlog.start()
@@ -299,6 +305,9 @@ async def _start(
     policy.start()
     stack.push_async_callback(policy.stop)
     state.policy = policy
+    retention = RetentionTask(audit, store, lambda: policy.current.policy.audit.retention)
+    retention.start()  # prunes records older than `audit: retention`, at start and hourly
+    stack.push_async_callback(retention.stop)
 
     # The policy file's legacy objections: list counts as objections in the graph.
     identity = IdentityGraph(
@@ -381,6 +390,22 @@ async def _start(
         # Started, but not ready: /readyz answers 503 with the same list until each
         # piece is provided (keys and tokens are picked up without a restart).
         log.warning("not ready to answer lookups; missing: %s", " | ".join(missing))
+
+
+async def _witness_pusher(
+    settings: Settings, store: AuditStore, keyring: KeyRing, stack: contextlib.AsyncExitStack
+) -> WitnessPusher | None:
+    """The task that pushes checkpoints to ``--witness`` witnesses, if any are set."""
+    if not settings.witnesses:
+        return None
+    endpoints = parse_witness_options(settings.witnesses)
+    # A session of its own: witness calls never take an upstream connection slot.
+    session = aiohttp.ClientSession(trust_env=False)
+    stack.push_async_callback(session.close)
+    pusher = WitnessPusher(store, keyring, endpoints, session)
+    stack.push_async_callback(pusher.stop)
+    log.info("pushing checkpoints to witnesses %s", ", ".join(e.key.name for e in endpoints))
+    return pusher
 
 
 async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> str:

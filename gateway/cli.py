@@ -54,6 +54,15 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="point a configured upstream at another base URL ($GATEWAY_UPSTREAMS, comma list)",
     )
     p.add_argument(
+        "--witness",
+        action="append",
+        default=None,
+        dest="witnesses",
+        metavar="URL=VKEYFILE",
+        help="push each checkpoint to this C2SP witness, pinned by its vkey (repeatable; "
+        "or GATEWAY_WITNESSES=URL=FILE,...)",
+    )
+    p.add_argument(
         "--demo-upstream-port",
         type=int,
         help="port of the bundled simulator in demo mode (default: any free port)",
@@ -150,6 +159,8 @@ def _audit_sequencer(settings: Settings) -> Iterator[Settings]:
     if settings.database_url:
         command += ["--database-url", settings.database_url]
     command += ["--socket", str(socket), "--log-level", settings.log_level]
+    for witness in settings.witnesses:  # the sequencer, the log's one writer, pushes to them
+        command += ["--witness", witness]
     supervisor = _SequencerSupervisor(command)
     supervisor.start()
     try:
@@ -215,6 +226,13 @@ def _sequencer_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--socket", type=Path, help="unix socket path (default: in the data dir)")
     p.add_argument("--log-level", help=f"default {_DEFAULTS.log_level}")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="URL=VKEYFILE",
+        help="push each checkpoint to this C2SP witness (repeatable)",
+    )
     p.set_defaults(func=cmd_sequencer)
 
 
@@ -224,7 +242,15 @@ def cmd_sequencer(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     socket = args.socket or socket_path(args.data_dir)
-    asyncio.run(run_sequencer(args.data_dir, args.database_url, socket, parent_pid=args.parent_pid))
+    asyncio.run(
+        run_sequencer(
+            args.data_dir,
+            args.database_url,
+            socket,
+            parent_pid=args.parent_pid,
+            witnesses=args.witness,
+        )
+    )
     return 0
 
 
@@ -265,6 +291,12 @@ def _preflight(settings: Settings) -> str | None:
         admit_policy(read_policy_bytes(path), path)
     except PolicyError as exc:
         return "the policy cannot go live:\n" + "\n".join(exc.lines())
+    from gateway.audit.witnessing import parse_witness_options
+
+    try:
+        parse_witness_options(settings.witnesses)
+    except ValueError as exc:
+        return str(exc)
     try:
         KeyRing.load_or_create(settings.data_dir)
     except SigningKeyError as exc:
@@ -641,6 +673,56 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _witness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "witness", help="run an independent C2SP tlog-witness that cosigns a log's checkpoints"
+    )
+    p.add_argument("--name", required=True, help="the witness's key name, e.g. audit.example/w1")
+    p.add_argument(
+        "--log-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="a log's vkey file (gateway keys public --vkey), repeatable",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("witness"),
+        help="its key, vkey, state and alerts (default ./witness)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_witness)
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    from gateway.audit.witness import (
+        Witness,
+        WitnessSetupError,
+        load_log_keys,
+        load_or_create_key,
+        serve_witness,
+    )
+    from gateway.telemetry import configure_logging
+
+    try:
+        texts = [path.read_text(encoding="utf-8") for path in args.log_key]
+        logs = load_log_keys(texts)
+        private, public = load_or_create_key(args.data_dir, args.name)
+        witness = Witness(args.name, private, logs, args.data_dir)
+    except (OSError, UnicodeDecodeError, WitnessSetupError) as exc:
+        print(f"gateway witness: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(args.log_level)
+    print(f"witness key {public.vkey()} (in {args.data_dir}/witness.vkey)", flush=True)
+    print(f"following {', '.join(sorted(logs))}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_witness(witness, args.host, args.port))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
@@ -654,6 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     _clients_parser(sub)
     _objections_parser(sub)
     _admin_token_parser(sub)
+    _witness_parser(sub)
     from gateway.audit import commands as audit_commands
     from gateway.policies import commands as policy_commands
 

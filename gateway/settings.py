@@ -95,6 +95,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # terms.max_cache_age nor cache_max_age, whichever is shorter.
     cache_entries: int = 0
     cache_max_age: float = 86400.0
+    # C2SP tlog-witnesses to push checkpoints to, as ``URL=VKEYFILE`` (``--witness``).
+    witnesses: tuple[str, ...] = ()
     limits: Limits = Limits()
     refusals: RefusalLimits = RefusalLimits()
 
@@ -123,6 +125,10 @@ def _boolean(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _witness_list(text: str) -> tuple[str, ...]:
+    return tuple(w.strip() for w in text.split(",") if w.strip())
+
+
 def _sequencer_mode(text: str) -> str:
     if text not in ("auto", "thread", "process"):
         raise ValueError("expected auto, thread or process")
@@ -146,6 +152,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "CACHE_MAX_AGE": ("cache_max_age", float),
     "DEMO_UPSTREAM_PORT": ("demo_upstream_port", int),
     "PSEUDONYM_SECRET_FILE": ("pseudonym_secret_file", Path),
+    "WITNESSES": ("witnesses", _witness_list),
 }
 
 
@@ -186,6 +193,8 @@ def resolve(
             continue
         if name == "upstream_override":
             overrides.update(parse_upstream_overrides(list(value)))  # type: ignore[call-overload]
+        elif name == "witnesses":
+            values[name] = tuple(value)  # type: ignore[arg-type]
         elif name in fields:
             values[name] = value
     if overrides:

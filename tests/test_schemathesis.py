@@ -59,6 +59,7 @@ OPERATIONS = [
     ("POST", "/admin/objections", True, True),
     ("GET", "/admin/objections", False, True),
     ("DELETE", "/admin/objections", True, True),
+    ("GET", "/admin/audit/consistency", True, True),
 ]
 
 

@@ -19,15 +19,31 @@ exactly (UTF-8, every line ending in ``\\n``)::
 signing key (see :mod:`gateway.audit.signing`). The log signs one checkpoint per
 size: it never re-signs an unchanged tree (Rekor issue 1025: re-signed
 checkpoints of the same root confuse witnesses), so sizes strictly increase.
+
+That text is a C2SP ``tlog-checkpoint`` body with one extension line (the time):
+:func:`checkpoint_note` renders the checkpoint as a signed note (the log's
+signature line, key name = origin, then witness cosignatures) and
+:func:`checkpoint_from_note` reads one back, checking the log's signature.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.audit.note import (
+    ED25519,
+    NoteError,
+    log_signature_line,
+    note_key_id,
+    parse_note,
+    parse_signature_line,
+    render_note,
+    verify_log_signature,
+)
 from gateway.audit.record import rfc3339
 from gateway.audit.signing import KeyRing, verify_signature
 
@@ -78,3 +94,56 @@ def sign_checkpoint(
         signature="",
     )
     return msgspec.structs.replace(unsigned, signature=b64(keyring.sign(unsigned.note())))
+
+
+def checkpoint_note(
+    checkpoint: Checkpoint, public_key: Ed25519PublicKey, cosignatures: Sequence[str] = ()
+) -> bytes:
+    """The checkpoint as a C2SP ``tlog-checkpoint`` signed note (see :mod:`gateway.audit.note`):
+    the signed text, a blank line, the log's signature line, then witness cosignatures."""
+    signature = strict_b64decode(checkpoint.signature)
+    if signature is None:
+        raise NoteError(f"the checkpoint at size {checkpoint.size} has a malformed signature")
+    line = log_signature_line(checkpoint.origin, public_key, signature)
+    return render_note(checkpoint.note(), [line, *cosignatures])
+
+
+def checkpoint_from_note(
+    data: bytes, keys: dict[str, Ed25519PublicKey]
+) -> tuple[Checkpoint, tuple[str, ...]]:
+    """A checkpoint note whose log signature verifies under one of ``keys``, and its other
+    signature lines (cosignatures, unchecked here). Raises :class:`NoteError`."""
+    note = parse_note(data)
+    lines = note.text.decode().split("\n")[:-1]
+    if len(lines) < 3 or not all(lines):
+        raise NoteError("a checkpoint's text is origin, size and root hash, then extension lines")
+    origin, size_text, root = lines[0], lines[1], lines[2]
+    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+        raise NoteError(f"the tree size {size_text[:30]!r} is not a decimal without leading zeros")
+    decoded_root = strict_b64decode(root)
+    if decoded_root is None or len(decoded_root) != 32:
+        raise NoteError("the root hash is not the base64 of 32 bytes")
+    if len(lines) != 4:
+        raise NoteError("a checkpoint of this log has one extension line, its signing time")
+    key_id = verify_log_signature(note, origin, keys)
+    if key_id is None:
+        raise NoteError(f"no signature on the checkpoint verifies under a pinned key of {origin}")
+    by_name = {note_key_id(origin, ED25519, keys[key_id]): key_id}
+    own = None
+    others: list[str] = []
+    for line in note.signatures:
+        name, key_hash, signature = parse_signature_line(line)
+        if name == origin and key_hash in by_name and own is None:
+            own = signature
+        else:
+            others.append(line)
+    assert own is not None
+    checkpoint = Checkpoint(
+        origin=origin,
+        size=int(size_text),
+        root=root,
+        time=lines[3],
+        key_id=key_id,
+        signature=b64(own),
+    )
+    return checkpoint, tuple(others)

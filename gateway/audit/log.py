@@ -126,10 +126,12 @@ def recover(store: AuditStore, keyring: KeyRing) -> Frontier:
             raise AuditIntegrityError(
                 f"checkpoint at size {checkpoint.size} is beyond the head at size {head.size}"
             )
+    pruned_until = store.pruned_until()
     for row in store.iter_records(frontier.size, head.size):
         if row.seq != frontier.size:
             raise AuditIntegrityError(f"record seq {frontier.size} is missing (found {row.seq})")
-        if leaf_hash(row.body) != row.leaf_hash:
+        pruned = not row.body and row.seq < pruned_until  # retention dropped it, kept its hash
+        if not pruned and leaf_hash(row.body) != row.leaf_hash:
             raise AuditIntegrityError(f"record seq {row.seq}: leaf hash does not match its body")
         frontier.append(row.leaf_hash)
     if frontier.size != head.size or frontier.packed() != head.packed():
@@ -150,8 +152,12 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         max_batch: int = 512,
         checkpoint_interval: float = 1.0,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
     ) -> None:
+        """``on_checkpoint`` is called from the writer thread after each new checkpoint is
+        stored (the witness pusher wakes on it); it must not block."""
         self._store = store
+        self._on_checkpoint = on_checkpoint
         self._keyring = keyring
         self._clock = clock
         self._max_batch = max_batch
@@ -377,6 +383,8 @@ class AuditLog:
                 self._last_checkpoint = checkpoint
                 self._last_checkpoint_size = frontier.size
                 self._stats.checkpoints += 1
+                if self._on_checkpoint is not None:
+                    self._on_checkpoint(checkpoint)
         except Exception as exc:  # same reasoning as in _commit: the writer must survive
             if not isinstance(exc, (StoreError, SQLAlchemyError)):
                 logger.exception("unexpected error while signing a checkpoint")

@@ -25,7 +25,7 @@ export: merging ``[0, a)`` with ``[a, b)`` gives ``[0, b)``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -233,3 +233,178 @@ def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequenc
     if sn != 0:
         raise ValueError("the inclusion proof is shorter than the tree is deep")
     return r
+
+
+# -- proofs over any source of subtree roots -----------------------------------------------
+#
+# The proofs below are written once against ``subtree_root(begin, end)``, the MTH of the
+# leaves ``[begin, end)``. The reference model passes ``root_of`` over a list; the store
+# (:mod:`gateway.audit.proofs`) passes roots it computed in one streaming pass.
+
+SubtreeRoot = Callable[[int, int], bytes]
+
+
+def inclusion_path(index: int, size: int, subtree_root: SubtreeRoot) -> list[bytes]:
+    """RFC 6962 section 2.1.1, ``PATH(m, D[n])``, for leaf ``index`` of a tree of ``size``.
+
+    "PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n]) for m < k; and
+     PATH(m, D[n]) = PATH(m - k, D[k:n]) : MTH(D[0:k]) for m >= k"
+    """
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    out: list[bytes] = []
+    begin, end = 0, size
+    while end - begin > 1:
+        k = 1 << ((end - begin - 1).bit_length() - 1)
+        if index - begin < k:
+            out.append(subtree_root(begin + k, end))
+            end = begin + k
+        else:
+            out.append(subtree_root(begin, begin + k))
+            begin += k
+    out.reverse()  # the recursion appends the deepest sibling first
+    return out
+
+
+def consistency_path(old: int, new: int, subtree_root: SubtreeRoot) -> list[bytes]:
+    """RFC 6962 section 2.1.2, ``PROOF(m, D[n]) = SUBPROOF(m, D[n], true)``.
+
+        "SUBPROOF(m, D[m], true) = {}
+         SUBPROOF(m, D[m], false) = {MTH(D[m])}
+         SUBPROOF(m, D[n], b) = SUBPROOF(m, D[0:k], b) : MTH(D[k:n]) for m <= k
+         SUBPROOF(m, D[n], b) = SUBPROOF(m - k, D[k:n], false) : MTH(D[0:k]) for m > k"
+
+    An empty proof for ``old == 0`` (C2SP tlog-witness: "The proof MUST be empty if
+    the old size is zero") and for ``old == new``.
+    """
+    if not 0 <= old <= new:
+        raise ValueError(f"no consistency proof from size {old} to size {new}")
+    if old == 0 or old == new:
+        return []
+    out: list[bytes] = []
+    begin, end, whole = 0, new, True
+    while end != old:
+        k = 1 << ((end - begin - 1).bit_length() - 1)
+        if old - begin <= k:
+            out.append(subtree_root(begin + k, end))
+            end = begin + k
+        else:
+            out.append(subtree_root(begin, begin + k))
+            begin += k
+            whole = False
+    if not whole:
+        out.append(subtree_root(begin, end))
+    out.reverse()
+    return out
+
+
+def consistency_proof(leaf_hashes: Sequence[bytes], old: int) -> list[bytes]:
+    """The reference model: RFC 6962's SUBPROOF recursion over a list, verbatim."""
+
+    def subproof(m: int, leaves: Sequence[bytes], whole: bool) -> list[bytes]:
+        n = len(leaves)
+        if m == n:
+            return [] if whole else [root_of(leaves)]
+        k = 1 << ((n - 1).bit_length() - 1)
+        if m <= k:
+            return [*subproof(m, leaves[:k], whole), root_of(leaves[k:])]
+        return [*subproof(m - k, leaves[k:], False), root_of(leaves[:k])]
+
+    if not 0 <= old <= len(leaf_hashes):
+        raise ValueError(f"no consistency proof from size {old} to size {len(leaf_hashes)}")
+    return [] if old == 0 else subproof(old, leaf_hashes, True)
+
+
+class ProofError(ValueError):
+    """A proof does not verify; the message says which step failed."""
+
+
+def verify_consistency(
+    old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> None:
+    """RFC 9162 section 2.1.4.2: raise :class:`ProofError` unless ``proof`` shows that
+    the tree of ``new`` leaves with ``new_root`` extends the one of ``old`` with ``old_root``."""
+    if not 0 <= old <= new:
+        raise ProofError(f"size {new} cannot extend size {old}: the log would have shrunk")
+    if old == new:
+        if proof:
+            raise ProofError("a proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise ProofError(f"two different roots at the same size {old}")
+        return
+    if old == 0:
+        if proof:
+            raise ProofError("a proof from size 0 must be empty")
+        return
+    if not proof:
+        raise ProofError("the proof is empty")
+    path = list(proof)
+    if old & (old - 1) == 0:  # "If first is an exact power of 2, then prepend first_hash"
+        path.insert(0, old_root)
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("the proof is longer than the trees are deep")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("the proof is shorter than the trees are deep")
+    if fr != old_root:
+        raise ProofError(f"the proof does not lead to the root at size {old}")
+    if sr != new_root:
+        raise ProofError(f"the proof does not lead to the root at size {new}")
+
+
+def subtree_nodes(ranges: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The aligned perfect subtrees ``(start, level)`` whose roots give every range's root."""
+    return {node for begin, end in ranges for node in range_decomposition(begin, end)}
+
+
+def collect_nodes(
+    begin: int, leaves: Iterable[bytes], wanted: set[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """Stream leaf hashes from position ``begin``; keep the roots of the ``wanted`` aligned
+    perfect subtrees that start at or after ``begin``. O(log n) memory, n - 1 node hashes."""
+    found: dict[tuple[int, int], bytes] = {}
+    stack: list[tuple[int, int, bytes]] = []  # (start, level, hash)
+    position = begin
+    for leaf in leaves:
+        start, level, h = position, 0, leaf
+        if (start, 0) in wanted:
+            found[(start, 0)] = h
+        while stack:
+            s, lv, left = stack[-1]
+            if lv != level or s % (1 << (level + 1)):
+                break
+            stack.pop()
+            h = _sha256(b"\x01" + left + h).digest()
+            start, level = s, level + 1
+            if (start, level) in wanted:
+                found[(start, level)] = h
+        stack.append((start, level, h))
+        position += 1
+    return found
+
+
+def fold_range(begin: int, end: int, nodes: dict[tuple[int, int], bytes]) -> bytes:
+    """The root of ``[begin, end)`` from the roots of its compact range (right to left)."""
+    parts = [nodes[node] for node in range_decomposition(begin, end)]
+    if not parts:
+        return EMPTY_ROOT
+    h = parts[-1]
+    for left in reversed(parts[:-1]):
+        h = node_hash(left, h)
+    return h

@@ -40,6 +40,8 @@ def orphaned_intents(store: AuditStore, size: int, tail: int = TAIL) -> list[Any
     """Intents among the last ``tail`` records that have no outcome record."""
     open_intents: dict[str, AnyRecord] = {}
     for row in store.iter_records(max(0, size - tail), size):
+        if not row.body:
+            continue  # pruned by retention
         record = decode_record(row.body)
         if record.kind == "lookup.intent":
             open_intents[record.request_id] = record

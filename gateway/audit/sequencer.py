@@ -40,6 +40,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 import msgspec
 
 from gateway.audit.checkpoint import Checkpoint
@@ -48,6 +49,7 @@ from gateway.audit.reconcile import close_orphans
 from gateway.audit.record import AnyRecord, canonical_bytes
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore, RecordColumns, record_columns
+from gateway.audit.witnessing import WitnessPusher, parse_witness_options
 from gateway.errors import AuditUnavailable
 
 __all__ = [
@@ -292,13 +294,22 @@ async def run_sequencer(
     *,
     parent_pid: int | None = None,
     ready: asyncio.Event | None = None,
+    witnesses: Sequence[str] = (),
 ) -> None:
     """The sequencer process: open the store, recover, serve until SIGTERM or SIGINT,
     or until ``parent_pid`` is gone (a gateway killed with -9 leaves no orphan)."""
     store = AuditStore.open(data_dir=data_dir, url=database_url)
+    keyring = KeyRing.load_or_create(data_dir)
+    pusher: WitnessPusher | None = None
+    session: aiohttp.ClientSession | None = None
+    if witnesses:  # the one writer of the log pushes its checkpoints to the witnesses
+        session = aiohttp.ClientSession(trust_env=False)
+        pusher = WitnessPusher(store, keyring, parse_witness_options(witnesses), session)
     try:
-        audit = AuditLog(store, KeyRing.load_or_create(data_dir))
+        audit = AuditLog(store, keyring, on_checkpoint=pusher.notify if pusher else None)
         await audit.start()
+        if pusher is not None:
+            pusher.start()
         try:
             await close_orphans(audit, store)  # lookups a crash left without an outcome
             server = SequencerServer(audit, path)
@@ -318,7 +329,11 @@ async def run_sequencer(
             await server.close()
         finally:
             await audit.close()
+            if pusher is not None:
+                await pusher.stop()  # after the final checkpoint, so it is cosigned too
     finally:
+        if session is not None:
+            await session.close()
         store.close()
 
 

@@ -20,6 +20,10 @@ Tables (all prefixed ``audit_``):
 * ``audit_checkpoint``: signed checkpoints by ``size`` (strictly increasing),
   with the frontier at that size so recovery can re-verify only the tail.
 * ``audit_meta``: ``origin``, the log identity, generated once per store.
+* ``audit_meta`` also holds ``pruned_until`` once retention pruned records: rows
+  below it may have an empty ``body`` (dropped), their ``leaf_hash`` kept.
+* ``audit_cosignature``: witnesses' cosignature lines by ``(size, witness)``
+  (:mod:`gateway.audit.witness`); exports carry them on their checkpoints.
 
 Appends go through :meth:`AuditStore.append_batch`, called only by the log's
 single writer thread, one transaction per batch (group commit), on a SQLAlchemy
@@ -153,6 +157,18 @@ class CheckpointRow(SQLModel, table=True):
     frontier: bytes = Field(sa_type=LargeBinary)
 
 
+class CosignatureRow(SQLModel, table=True):
+    """A witness's C2SP cosignature line on the checkpoint of ``size``."""
+
+    __tablename__ = "audit_cosignature"
+
+    size: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    witness: str = Field(primary_key=True)  # the witness's key name
+    line: str  # "— <name> base64(key ID || timestamp || signature)"
+
+
 class MetaRow(SQLModel, table=True):
     __tablename__ = "audit_meta"
 
@@ -171,7 +187,8 @@ SUBJECTS = _table(SubjectRow)
 HEAD = _table(HeadRow)
 CHECKPOINTS = _table(CheckpointRow)
 META = _table(MetaRow)
-TABLES = [RECORDS, SUBJECTS, HEAD, CHECKPOINTS, META]
+COSIGNATURES = _table(CosignatureRow)
+TABLES = [RECORDS, SUBJECTS, HEAD, CHECKPOINTS, META, COSIGNATURES]
 
 
 class StoreError(Exception):
@@ -528,6 +545,101 @@ class AuditStore:
                 return
             low = rows[-1].size + 1
 
+    # -- retention -------------------------------------------------------------------
+
+    def pruned_until(self) -> int:
+        """Records below this seq may have had their bodies dropped (0: none pruned)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(META.c.value).where(META.c.key == "pruned_until")
+            ).scalar_one_or_none()
+        return 0 if value is None else int(value)
+
+    def first_seq_since(self, begin: int, cutoff: str) -> int:
+        """The first seq at or after ``begin`` whose record time is ``>= cutoff`` (or the size)."""
+        with self.engine.connect() as conn:
+            seq = conn.execute(
+                select(RECORDS.c.seq)
+                .where(RECORDS.c.seq >= begin, RECORDS.c.time >= cutoff)
+                .order_by(RECORDS.c.seq)
+                .limit(1)
+            ).scalar_one_or_none()
+            if seq is not None:
+                return int(seq)
+            return int(conn.execute(select(HEAD.c.size)).scalar_one())
+
+    def prune(self, begin: int, end: int) -> int:
+        """Drop the bodies of records ``[begin, end)`` but ``audit.prune`` ones, keep their
+        leaf hashes, forget them in the subject index; return how many were dropped."""
+        try:
+            with self.engine.begin() as conn:
+                dropped = conn.execute(
+                    update(RECORDS)
+                    .where(
+                        RECORDS.c.seq >= begin,
+                        RECORDS.c.seq < end,
+                        RECORDS.c.kind != "audit.prune",
+                        RECORDS.c.body != b"",
+                    )
+                    .values(body=b"", client=None, purpose=None, upstream=None)
+                ).rowcount
+                conn.execute(SUBJECTS.delete().where(SUBJECTS.c.seq >= begin, SUBJECTS.c.seq < end))
+                done = conn.execute(
+                    update(META).where(META.c.key == "pruned_until").values(value=str(end))
+                ).rowcount
+                if not done:
+                    conn.execute(insert(META), {"key": "pruned_until", "value": str(end)})
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot prune: {exc.__class__.__name__}") from exc
+        return int(dropped)
+
+    # -- witness cosignatures ------------------------------------------------------
+
+    def add_cosignature(self, size: int, witness: str, line: str) -> None:
+        """Keep a witness's cosignature of the checkpoint at ``size`` (the first one stays)."""
+        try:
+            with self.engine.begin() as conn:
+                self._insert_ignoring_conflict(
+                    conn, COSIGNATURES, {"size": size, "witness": witness, "line": line}
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store a cosignature: {exc.__class__.__name__}") from exc
+
+    def cosignatures(self, begin: int, end: int) -> dict[int, list[str]]:
+        """Cosignature lines of the checkpoints with ``begin <= size <= end``, by size."""
+        out: dict[int, list[str]] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(COSIGNATURES.c.size, COSIGNATURES.c.line)
+                .where(COSIGNATURES.c.size >= begin, COSIGNATURES.c.size <= end)
+                .order_by(COSIGNATURES.c.size, COSIGNATURES.c.witness)
+            ).all()
+        for size, line in rows:
+            out.setdefault(int(size), []).append(str(line))
+        return out
+
+    def last_cosigned_size(self, witness: str) -> int:
+        """The largest checkpoint size ``witness`` has cosigned for this store (0 if none)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(COSIGNATURES.c.size)
+                .where(COSIGNATURES.c.witness == witness)
+                .order_by(COSIGNATURES.c.size.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        return 0 if value is None else int(value)
+
+    def latest_cosigned_checkpoint(self) -> Checkpoint | None:
+        """The largest checkpoint that carries at least one cosignature."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(CHECKPOINTS)
+                .where(CHECKPOINTS.c.size.in_(select(COSIGNATURES.c.size)))
+                .order_by(CHECKPOINTS.c.size.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _checkpoint(row)
+
     # -- reads -------------------------------------------------------------------------
 
     def iter_records(
@@ -570,6 +682,35 @@ class AuditStore:
                 query
             ):
                 yield StoredRecord(seq, time, bytes(leaf), bytes(body))
+
+    def iter_leaf_hashes(self, begin: int, end: int, *, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+        """Leaf hashes of ``begin <= seq < end`` in order (proofs read only this column)."""
+        low = begin
+        while low < end:
+            high = min(end, low + chunk)
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(RECORDS.c.seq, RECORDS.c.leaf_hash)
+                    .where(RECORDS.c.seq >= low, RECORDS.c.seq < high)
+                    .order_by(RECORDS.c.seq)
+                ).all()
+            expected = low
+            for seq, leaf in rows:
+                if seq != expected:
+                    raise StoreError(f"record seq {expected} is missing from the store")
+                expected += 1
+                yield bytes(leaf)
+            if expected != high:
+                raise StoreError(f"record seq {expected} is missing from the store")
+            low = high
+
+    def frontier_at(self, size: int) -> Frontier | None:
+        """The frontier stored with the checkpoint of this size, if there is one."""
+        with self.engine.connect() as conn:
+            packed = conn.execute(
+                select(CHECKPOINTS.c.frontier).where(CHECKPOINTS.c.size == size)
+            ).scalar_one_or_none()
+        return None if packed is None else Frontier.unpack(size, bytes(packed))
 
     def count_records(self) -> int:
         with self.engine.connect() as conn:

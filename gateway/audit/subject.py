@@ -49,6 +49,8 @@ def subject_records(
     # upstream of the intent with its request id, which comes before it in the log.
     intents: set[str] = set()
     for row in store.subject_records(pseudonyms):
+        if not row.body:
+            continue  # pruned by retention
         record = decode_record(row.body)
         if next(committer.find(record, pseudonyms), None) is None:
             continue

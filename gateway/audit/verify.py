@@ -19,6 +19,13 @@ code                meaning
 ``bad_signature``   a checkpoint or the seal does not verify under its key
 ``unknown_key``     a checkpoint or the seal names a key id not among the given keys
 ``origin_mismatch`` a checkpoint of another log (origin) than the header's
+``bad_cosignature`` a pinned witness's cosignature on a checkpoint does not verify
+``unwitnessed``     the final checkpoint has fewer valid cosignatures than required
+``rollback``        (``--previous``) the newer export is shorter than the older one
+``inconsistent``    (``--previous``) the newer tree, cut at the older size, has
+                    another root: a rewritten history; the first diverging record
+                    is named
+``unprovable``      (``--previous``) an omitted range hides the older size
 ==================  ==============================================================
 
 Steps per line: decode (``malformed``) → re-encode and compare bytes
@@ -29,9 +36,11 @@ seen, root against the recomputed root (``modified``) → for the seal: key,
 signature, line count, SHA-256 of all preceding bytes, final size and root.
 
 The public keys are pinned by the caller (``--public-key``), never taken from
-the export. What this cannot detect on its own (reliability anchors (b)): a
-whole-log rewrite by someone holding the signing key, or a fork shown to
-different people; compare the checkpoints with ones kept elsewhere for that.
+the export. On its own an export cannot show a whole-log rewrite by someone
+holding the signing key, or a fork shown to different people; ``--previous`` (an
+older export must be a prefix, RFC 6962 consistency, :func:`check_extends`) and
+``--witness-key`` (an independent witness cosigned the final checkpoint after
+checking consistency with everything it saw, :mod:`gateway.audit.witness`) do.
 
 Speed: no per-record signature exists to check; each record line costs one
 msgspec decode, one encode, one leaf SHA-256, about one node hash and its share
@@ -61,19 +70,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit.checkpoint import b64, strict_b64decode
 from gateway.audit.export import (
-    FORMAT,
+    CHECKPOINT_FORMAT,
+    FORMATS,
+    PRUNE_PREFIX,
     CheckpointLine,
     ExportLine,
     HeaderLine,
+    PrunedLine,
     RangeLine,
     RecordLine,
     SealLine,
     line_encoder,
+    prune_range,
 )
-from gateway.audit.merkle import Frontier, compact_range
+from gateway.audit.merkle import EMPTY_ROOT, Frontier, compact_range
+from gateway.audit.note import NoteError, WitnessKey, parse_signature_line
 from gateway.audit.record import canonical_bytes as canonical_record
 from gateway.audit.record import decode_record
-from gateway.audit.signing import load_public_keys, verify_signature
+from gateway.audit.signing import fingerprint, load_public_keys, verify_signature
 
 CODES = (
     "malformed",
@@ -87,6 +101,12 @@ CODES = (
     "bad_signature",
     "unknown_key",
     "origin_mismatch",
+    "bad_cosignature",
+    "unwitnessed",
+    # between an older export (or trusted checkpoint) and a newer one:
+    "rollback",
+    "inconsistent",
+    "unprovable",
 )
 
 BLOCK_SIZE = 1 << 20
@@ -104,12 +124,26 @@ class VerifyResult:
     checkpoints: int = 0
     root: str | None = None
     key_ids: tuple[str, ...] = field(default=())
+    origin: str | None = None
+    #: sha256 fingerprints of the keys in ``key_ids``, same order
+    fingerprints: tuple[str, ...] = field(default=())
+    #: witnesses whose cosignature on the final checkpoint verified
+    witnesses: tuple[str, ...] = field(default=())
+    #: the root after ``watch`` leaves (``verify_export(watch=...)``), base64, if seen
+    watched_root: str | None = None
+    #: an omitted range that hides the ``watch`` size
+    watch_hidden: tuple[int, int] | None = None
+    #: ranges ``[begin, end)`` whose bodies retention pruned (authorised by audit.prune)
+    pruned: tuple[tuple[int, int], ...] = field(default=())
 
     def __str__(self) -> str:
         if self.ok:
+            pruned = "".join(
+                f", pruned seq {begin}..{end - 1} (retention)" for begin, end in self.pruned
+            )
             return (
                 f"OK: {self.records} records, tree size {self.size}, {self.checkpoints} "
-                f"checkpoints, root {self.root}, keys {', '.join(self.key_ids)}"
+                f"checkpoints, root {self.root}, keys {', '.join(self.key_ids)}{pruned}"
             )
         return f"FAIL line {self.line}: {self.code}: {self.message}"
 
@@ -134,8 +168,23 @@ _sha256 = hashlib.sha256
 
 
 class _Verifier:
-    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, Ed25519PublicKey],
+        witnesses: Iterable[WitnessKey] = (),
+        min_witnesses: int = 0,
+        watch: int | None = None,
+    ) -> None:
         self.keys = keys
+        self.witness_keys = tuple(witnesses)
+        self.min_witnesses = min_witnesses
+        self.watch = -1 if watch is None else watch
+        self.watched_root: bytes | None = EMPTY_ROOT if watch == 0 else None
+        self.watch_hidden: tuple[int, int] | None = None
+        self.last_witnesses: tuple[str, ...] = ()
+        self.last_checkpoint_number = 0
+        self.pruned: list[tuple[int, int, int]] = []  # (begin, end, line)
+        self.prune_records: list[tuple[int, int]] = []
         self.frontier = Frontier()
         self.header: HeaderLine | None = None
         self.digest = _sha256()
@@ -161,6 +210,7 @@ class _Verifier:
         encode = _encode
         sha = _sha256
         append = self.frontier.append
+        watch = self.watch
         try:
             for index, line in enumerate(lines):
                 number = base + index + 1
@@ -187,6 +237,10 @@ class _Verifier:
                             "non_canonical", number, "the record is not in canonical encoding"
                         )
                     append(sha(b"\x00" + body).digest())
+                    if body.startswith(PRUNE_PREFIX):
+                        self._prune_record(body)
+                    if seq + 1 == watch:
+                        self.watched_root = self.frontier.root()
                     self.records += 1
                     self.prev_record_line = line
                     self.prev_seq = seq
@@ -239,7 +293,7 @@ class _Verifier:
                         lines = data.split(b"\n")
                     line = lines[item]
                     obj = _decoder.decode(line)
-                    if type(obj) not in (CheckpointLine, RangeLine):
+                    if type(obj) not in (CheckpointLine, RangeLine, PrunedLine):
                         raise _Fallback
                     self._other(base + item + 1, obj, line)
                     self.prev_record_line = b""
@@ -248,7 +302,11 @@ class _Verifier:
                 _, first, count, range_hashes = item
                 if first != self.frontier.size or first + count > self.header.size:
                     raise _Fallback
+                if first < self.watch < first + count:
+                    raise _Fallback  # the serial path takes the root at that size
                 self.frontier.extend_range(first + count, range_hashes)
+                if first + count == self.watch:
+                    self.watched_root = self.frontier.root()
                 self.records += count
                 self.prev_seq = first + count - 1
                 self.prev_record_line = _last_line(data)
@@ -264,6 +322,8 @@ class _Verifier:
         state["frontier"] = self.frontier.copy()
         state["digest"] = self.digest.copy()
         state["key_ids"] = set(self.key_ids)
+        state["pruned"] = list(self.pruned)
+        state["prune_records"] = list(self.prune_records)
         return state
 
     def _restore(self, state: dict[str, object]) -> None:
@@ -325,7 +385,7 @@ class _Verifier:
                 raise _Failure(code, number, "a second header line")
             if number != 1:
                 raise _Failure("malformed", number, "the header must be the first line")
-            if obj.format != FORMAT:
+            if obj.format not in FORMATS:
                 raise _Failure("malformed", number, f"unsupported export format {obj.format!r}")
             self.header = obj
             return
@@ -335,8 +395,34 @@ class _Verifier:
             self._checkpoint(number, obj, line)
         elif type(obj) is RangeLine:
             self._range(number, obj)
+        elif type(obj) is PrunedLine:
+            if self.header.format == FORMATS[0]:
+                raise _Failure("malformed", number, "a format-1 export has no pruned ranges")
+            self._range(number, obj)
+            self.pruned.append((obj.begin, obj.end, number))
 
-    def _range(self, number: int, obj: RangeLine) -> None:
+    def _prune_record(self, body: bytes) -> None:
+        record = decode_record(body)
+        covered = prune_range(record.detail)
+        if covered is not None:
+            self.prune_records.append(covered)
+
+    def _check_pruned(self) -> None:
+        """Every pruned range lies inside the ranges that ``audit.prune`` records name."""
+        for begin, end, number in self.pruned:
+            position = begin
+            for low, high in sorted(self.prune_records):
+                if low <= position < high:
+                    position = high
+            if position < end:
+                raise _Failure(
+                    "deleted",
+                    number,
+                    f"records seq {position}..{end - 1} were dropped without a signed "
+                    "audit.prune record covering them",
+                )
+
+    def _range(self, number: int, obj: RangeLine | PrunedLine) -> None:
         expected = self.frontier.size
         if obj.begin > expected:
             raise _Gap(number, expected, obj.begin, f"omitted range [{obj.begin}, {obj.end})")
@@ -362,12 +448,22 @@ class _Verifier:
             self.frontier.extend_range(obj.end, hashes)
         except ValueError as exc:
             raise _Failure("malformed", number, str(exc)) from None
+        if obj.end == self.watch:
+            self.watched_root = self.frontier.root()
+        elif obj.begin < self.watch < obj.end:
+            self.watch_hidden = (obj.begin, obj.end)
         self.prev_record_line = b""
         self.prev_seq = obj.end - 1
         self._check_within_header(number)
 
     def _checkpoint(self, number: int, obj: CheckpointLine, line: bytes) -> None:
         assert self.header is not None
+        if obj.format not in (1, CHECKPOINT_FORMAT) or (
+            obj.format != 1 and self.header.format == FORMATS[0]
+        ):
+            raise _Failure("malformed", number, f"unsupported checkpoint format {obj.format}")
+        if obj.format == 1 and obj.cosignatures:
+            raise _Failure("malformed", number, "a format-1 checkpoint carries no cosignatures")
         if obj.origin != self.header.origin:
             raise _Failure(
                 "origin_mismatch",
@@ -411,10 +507,29 @@ class _Verifier:
                 f"records seq {self.verified_upto}..{obj.size - 1} do not match the checkpoint "
                 f"at size {obj.size}",
             )
+        self.last_witnesses = self._cosignatures(number, obj, checkpoint.note())
         self.verified_upto = obj.size
         self.last_checkpoint = obj
         self.last_checkpoint_line = line
+        self.last_checkpoint_number = number
         self.checkpoints += 1
+
+    def _cosignatures(self, number: int, obj: CheckpointLine, text: bytes) -> tuple[str, ...]:
+        """Names of the pinned witnesses whose cosignature verifies; unknown ones are
+        ignored ("The client MUST ignore any cosignatures from unknown keys")."""
+        valid: set[str] = set()
+        for position, cosignature in enumerate(obj.cosignatures):
+            try:
+                parse_signature_line(cosignature)
+                for witness in self.witness_keys:
+                    if witness.verify(text, cosignature) is not None:
+                        valid.add(witness.name)
+            except NoteError as exc:
+                code = "malformed" if "verify" not in str(exc) else "bad_cosignature"
+                raise _Failure(
+                    code, number, f"cosignatures[{position}] at size {obj.size}: {exc}"
+                ) from None
+        return tuple(sorted(valid))
 
     def _seal(self, number: int, seal: SealLine) -> None:
         if self.header is None:
@@ -423,7 +538,8 @@ class _Verifier:
         if key is None:
             raise _Failure("unknown_key", number, f"seal signed by unknown key id {seal.key_id}")
         signature = strict_b64decode(seal.signature)
-        if signature is None or not verify_signature(key, signature, seal.message()):
+        message = seal.message(self.header.format)
+        if signature is None or not verify_signature(key, signature, message):
             raise _Failure("bad_signature", number, "the seal's signature does not verify")
         self.key_ids.add(seal.key_id)
         lines = number - 1
@@ -444,6 +560,15 @@ class _Verifier:
                 "inserted",
                 number,
                 f"records beyond the last checkpoint (size {seal.size}): {self.frontier.size}",
+            )
+        self._check_pruned()
+        if len(self.last_witnesses) < self.min_witnesses:
+            have = ", ".join(self.last_witnesses) or "none"
+            raise _Failure(
+                "unwitnessed",
+                self.last_checkpoint_number,
+                f"the final checkpoint (size {seal.size}) has {len(self.last_witnesses)} valid "
+                f"cosignatures of pinned witnesses ({have}), {self.min_witnesses} required",
             )
         self.seal = seal
 
@@ -482,7 +607,8 @@ _ScanItem = int | tuple[int, int, int, list[bytes]]
 
 _STATE = (
     "header", "lines", "records", "checkpoints", "last_checkpoint", "last_checkpoint_line",
-    "verified_upto", "prev_record_line", "prev_seq", "seal", "key_ids",
+    "verified_upto", "prev_record_line", "prev_seq", "seal", "key_ids", "watched_root",
+    "watch_hidden", "last_witnesses", "last_checkpoint_number", "pruned", "prune_records",
 )  # fmt: skip
 
 
@@ -515,6 +641,8 @@ def scan_block(data: bytes) -> list[_ScanItem] | None:
                     leaves = []
                 start, first = index, seq
             body = line[33 + len(str(seq)) : -1]
+            if body.startswith(PRUNE_PREFIX):
+                return None  # the serial path notes the range it authorises
             try:
                 if canonical_record(decode_record(body)) != body:
                     return None
@@ -623,6 +751,9 @@ def verify_export(
     *,
     progress: bool | None = None,
     workers: int | None = None,
+    witnesses: Iterable[WitnessKey] = (),
+    min_witnesses: int = 0,
+    watch: int | None = None,
 ) -> VerifyResult:
     """Verify an export file (path) or its bytes (an iterable of chunks or lines).
 
@@ -630,9 +761,12 @@ def verify_export(
     ``progress`` defaults to "stderr is a terminal and the file is over 64 MiB".
     ``workers``: processes that decode and hash blocks in parallel; by default one
     per CPU for files of ``PARALLEL_FROM`` bytes or more, else none (serial).
+    ``witnesses`` are pinned witness keys: every cosignature of theirs must verify, and
+    the final checkpoint needs ``min_witnesses`` of them. ``watch``: also report the
+    root after that many leaves (to prove an older export's tree is a prefix).
     """
     keys = load_public_keys(public_keys) if isinstance(public_keys, bytes) else public_keys
-    verifier = _Verifier(keys)
+    verifier = _Verifier(keys, witnesses, min_witnesses, watch)
     bar: _Progress | None = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -660,6 +794,7 @@ def verify_export(
             records=verifier.records,
             size=verifier.frontier.size,
             checkpoints=verifier.checkpoints,
+            origin=verifier.header.origin if verifier.header else None,
         )
     finally:
         if bar is not None:
@@ -672,4 +807,112 @@ def verify_export(
         checkpoints=verifier.checkpoints,
         root=verifier.seal.root,
         key_ids=tuple(sorted(verifier.key_ids)),
+        origin=verifier.seal.origin,
+        fingerprints=tuple(fingerprint(keys[k]) for k in sorted(verifier.key_ids)),
+        witnesses=verifier.last_witnesses,
+        watched_root=None if verifier.watched_root is None else b64(verifier.watched_root),
+        watch_hidden=verifier.watch_hidden,
+        pruned=tuple((begin, end) for begin, end, _ in verifier.pruned),
     )
+
+
+# -- does a newer export extend an older one? ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """What an auditor kept from before: a verified export's or checkpoint's tree."""
+
+    origin: str
+    size: int
+    root: str  # base64
+    source: str  # for messages: the file it came from
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    ok: bool
+    code: str | None = None
+    message: str = ""
+
+    def __str__(self) -> str:
+        return f"extends: {self.message}" if self.ok else f"FAIL: {self.code}: {self.message}"
+
+
+def check_extends(
+    old: TreeHead, new: VerifyResult, new_path: Path | None, old_path: Path | None = None
+) -> Extension:
+    """Decide from ``new`` (verified with ``watch=old.size``) whether it extends ``old``.
+
+    The proof is RFC 6962's: the new export's tree, cut at the old size, has the old
+    root. When it does not, the first record that differs between the two files is
+    named (when both carry it).
+    """
+    if new.origin != old.origin:
+        return Extension(
+            False, "origin_mismatch", f"{old.source} is log {old.origin!r}, not {new.origin!r}"
+        )
+    if new.size < old.size:
+        return Extension(
+            False,
+            "rollback",
+            f"the new export covers {new.size} records, fewer than the {old.size} of "
+            f"{old.source}: the log went back",
+        )
+    if new.watched_root is None:
+        where = (
+            f"inside the omitted range [{new.watch_hidden[0]}, {new.watch_hidden[1]})"
+            if new.watch_hidden
+            else "at no line boundary"
+        )
+        return Extension(
+            False,
+            "unprovable",
+            f"size {old.size} of {old.source} falls {where} of the new export; export it "
+            "again with --since no later than the old export's last record",
+        )
+    if new.watched_root != old.root:
+        divergence = ""
+        if old_path is not None and new_path is not None:
+            divergence = "; " + first_divergence(old_path, new_path, old.size)
+        return Extension(
+            False,
+            "inconsistent",
+            f"the new export's tree at size {old.size} has root {new.watched_root}, "
+            f"{old.source} has {old.root}: the history was rewritten{divergence}",
+        )
+    return Extension(
+        True,
+        message=f"tree size {old.size} of {old.source} (root {old.root}) is a prefix of "
+        f"the new export (size {new.size})",
+    )
+
+
+def _record_lines(path: Path, below: int) -> Iterator[tuple[int, int, bytes]]:
+    """(seq, line number, record bytes) of the record lines with seq < ``below``."""
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.startswith(b'{"type":"record","seq":'):
+                continue
+            try:
+                obj = _decoder.decode(line.rstrip(b"\n"))
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                continue
+            if type(obj) is RecordLine and obj.seq < below:
+                yield obj.seq, number, line
+
+
+def first_divergence(old_path: Path, new_path: Path, size: int) -> str:
+    """The first seq below ``size`` whose record differs between the two exports."""
+    olds, news = _record_lines(old_path, size), _record_lines(new_path, size)
+    a, b = next(olds, None), next(news, None)
+    while a is not None and b is not None:
+        if a[0] < b[0]:
+            a = next(olds, None)
+        elif b[0] < a[0]:
+            b = next(news, None)
+        else:
+            if a[2] != b[2]:
+                return f"first divergence at record seq {a[0]} (old line {a[1]}, new line {b[1]})"
+            a, b = next(olds, None), next(news, None)
+    return "no record present in both files differs (they differ in omitted ranges)"

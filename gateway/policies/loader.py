@@ -464,6 +464,18 @@ class _Meaning:
         self.check_upstreams(upstreams)
         self.check_rules(list(self.items("rules", Rule)))
         self.check_objections()
+        self.check_audit()
+
+    def check_audit(self) -> None:
+        audit = self.data.get("audit")
+        retention = audit.get("retention") if isinstance(audit, dict) else None
+        if isinstance(retention, str) and parse_duration(retention) is None:
+            self.add(
+                "duration.invalid",
+                f"'{retention}' is not a duration; write a whole number and a unit, "
+                "such as '400d' (days)",
+                "$.audit.retention",
+            )
 
     def check_vocabulary(self) -> None:
         purposes = self.data.get("purposes")

@@ -203,6 +203,14 @@ class Settings(_Model, frozen=True, kw_only=True):
     people_inside_answers: Literal["leave_out", "neutralize"] = "leave_out"
 
 
+class AuditSettings(_Model, frozen=True, kw_only=True):
+    """What the audit log keeps, and for how long."""
+
+    # How long lookup records are kept whole: ``400d``. Older ones are pruned: their
+    # bodies are dropped, their hashes kept, so the log still verifies. None: forever.
+    retention: str | None = None
+
+
 class Policy(_Model, frozen=True, kw_only=True):
     """The whole file."""
 
@@ -214,6 +222,7 @@ class Policy(_Model, frozen=True, kw_only=True):
     # ``gateway objections add`` wrote them; still honoured (gateway.identity).
     objections: list[str] = []
     settings: Settings = Settings()
+    audit: AuditSettings = AuditSettings()
     # Required, even if empty: a file cut off before its rules must not load as a
     # policy that allows everything (fail closed; write ``rules: []`` deliberately).
     rules: list[Rule]

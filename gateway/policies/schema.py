@@ -36,6 +36,7 @@ _HELP: dict[str, dict[str, str]] = {
         "scored, as earlier versions wrote them; still honoured. New objections go to "
         "the store: gateway objections add.",
         "settings": "Policy-wide switches.",
+        "audit": "What the audit log keeps, and for how long (retention).",
         "rules": "The rules, in order. Deny wins; every matching rule is listed.",
     },
     "Client": {
@@ -102,6 +103,10 @@ _HELP: dict[str, dict[str, str]] = {
         "calls_per_second": "Most calls per second.",
         "calls_per_day": "Most calls per day.",
     },
+    "AuditSettings": {
+        "retention": "How long lookup records are kept whole, e.g. 400d. Older ones are "
+        "pruned (hashes kept, so the log still verifies). Leave out to keep them forever.",
+    },
     "Settings": {
         "reveal_neutralized": "Whether callers may learn an answer was neutral. Keep false.",
         "default_decision": "What happens to lookups the policy cannot judge: deny.",
@@ -136,10 +141,13 @@ def policy_schema() -> dict[str, Any]:
     defs["Policy"]["properties"]["purposes"]["propertyNames"] = {"pattern": _PURPOSE}
     defs["Client"]["properties"]["purposes"]["items"] = purpose
     defs["Terms"]["properties"]["banned_purposes"]["items"] = purpose
-    cache_age = defs["Terms"]["properties"]["max_cache_age"]
-    for option in cache_age.get("anyOf", []):
-        if option.get("type") == "string":
-            option["pattern"] = _DURATION
+    for duration in (
+        defs["Terms"]["properties"]["max_cache_age"],
+        defs["AuditSettings"]["properties"]["retention"],
+    ):
+        for option in duration.get("anyOf", []):
+            if option.get("type") == "string":
+                option["pattern"] = _DURATION
     return schema
 
 
