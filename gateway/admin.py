@@ -7,10 +7,8 @@ routes, and an admin token never looks up a score.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
@@ -24,8 +22,9 @@ from litestar.params import FromQuery, QueryParameter, RawBody
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.audit.export import export_csv, iter_export_chunks
-from gateway.audit.store import AuditStore
+from gateway.audit.export import iter_export_chunks
+from gateway.audit.lookup_csv import iter_csv_chunks
+from gateway.audit.lookups import iter_store_records
 from gateway.audit.subject import SubjectEntry, subject_records
 from gateway.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -443,18 +442,21 @@ async def audit_export(
         str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, exclusive")
     ] = None,
     format: FromQuery[Literal["jsonl", "csv"]] = "jsonl",
+    records: FromQuery[bool] = False,
 ) -> Stream:
     """A signed JSONL export (records, checkpoints, and a final seal line; verify it with
     ``gateway audit verify``), or CSV for spreadsheets (not verifiable). Streams in
     constant memory."""
-    _only_query(request, {"since", "until", "format"})
+    _only_query(request, {"since", "until", "format", "records"})
     state = gateway_state(request)
     if state.store is None or state.keyring is None:
         raise _unavailable("the audit store")
     store, keyring = state.store, state.keyring
     if format == "csv":
         return Stream(
-            _csv_chunks(store, since, until),
+            iter_csv_chunks(
+                iter_store_records(store), raw_records=records, since=since, until=until
+            ),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
         )
@@ -463,12 +465,6 @@ async def audit_export(
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="audit.jsonl"'},
     )
-
-
-def _csv_chunks(store: AuditStore, since: str | None, until: str | None) -> Iterator[bytes]:
-    out = io.StringIO()
-    export_csv(store, out, since=since, until=until)
-    yield out.getvalue().encode()
 
 
 class SubjectAccess(msgspec.Struct):

@@ -29,6 +29,7 @@ from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin import admin_router, health_handlers
+from gateway.admin_report import report_router
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
@@ -104,7 +105,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[proxy_mount, admin_router, *health_handlers],
+        route_handlers=[proxy_mount, admin_router, report_router, *health_handlers],
         lifespan=[lifespan],
         state={"gateway": state},  # type: ignore[arg-type]
         exception_handlers={

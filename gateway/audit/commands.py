@@ -15,7 +15,9 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.audit.export import export_csv, export_jsonl, fresh_checkpoint
+from gateway.audit.export import export_jsonl, fresh_checkpoint
+from gateway.audit.lookup_csv import write_csv
+from gateway.audit.lookups import iter_store_records
 from gateway.audit.pseudonym import KEY_FILE, Pseudonymizer
 from gateway.audit.signing import KeyRing, SigningKeyError
 from gateway.audit.store import AuditStore, StoreError
@@ -36,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--since", type=_timestamp, help="records at or after this time (RFC 3339)")
     export.add_argument("--until", type=_timestamp, help="records before this time (RFC 3339)")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument(
+        "--records",
+        action="store_true",
+        help="CSV only: one row per record instead of one row per lookup",
+    )
     export.set_defaults(func=cmd_export)
 
     verify = audit_sub.add_parser("verify", help="check an export offline against pinned keys")
@@ -49,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(func=cmd_verify)
+
+    from gateway.audit import report_commands
+
+    report_commands.register(audit_sub)
 
     subject = audit_sub.add_parser("subject", help="every record about one person (JSON lines)")
     _store_arguments(subject)
@@ -132,12 +143,15 @@ def cmd_export(args: argparse.Namespace) -> int:
                     "note: CSV carries no hashes or signatures; it cannot be verified",
                     file=sys.stderr,
                 )
+                rows = iter_store_records(store)
+                options = {"raw_records": args.records, "since": args.since, "until": args.until}
                 if str(args.out) == "-":
-                    count = export_csv(store, sys.stdout, since=args.since, until=args.until)
+                    count = write_csv(rows, sys.stdout, **options)
                 else:
                     with args.out.open("w", newline="", encoding="utf-8") as text_out:
-                        count = export_csv(store, text_out, since=args.since, until=args.until)
-                print(f"exported {count} records to {args.out}", file=sys.stderr)
+                        count = write_csv(rows, text_out, **options)
+                what = "records" if args.records else "lookups"
+                print(f"exported {count} {what} to {args.out}", file=sys.stderr)
                 return 0
             keyring = KeyRing.load(args.data_dir)
             if str(args.out) == "-":

@@ -1,0 +1,88 @@
+"""``GET /admin/report`` and ``POST /admin/policy/replay``: the compliance views.
+
+Both sit under ``/admin`` with the same admin guard as the other admin routes.
+The report is the one ``gateway audit report`` writes (:mod:`gateway.audit.report`),
+built from a verified export of the window; the page is self-contained and its
+``Content-Security-Policy`` forbids loading anything from anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from litestar import Request, Response, Router, get
+from litestar.params import QueryParameter
+
+from gateway.admin import (
+    ADMIN_ERRORS,
+    RFC3339,
+    SECURITY,
+    _only_query,
+    _unavailable,
+    admin_guard,
+    gateway_state,
+    request_id_middleware,
+)
+from gateway.audit.report import render_html, render_json, report_from_store
+
+__all__ = ["report_router"]
+
+# Inline styles and scripts only; no fetch, image, font or frame from any origin.
+REPORT_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@get(
+    "/report",
+    summary="The compliance report (HTML, or JSON with format=json)",
+    operation_id="auditReport",
+    responses=ADMIN_ERRORS,
+    media_type="text/html",
+)
+async def audit_report(
+    request: Request[Any, Any, Any],
+    since: Annotated[
+        str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, inclusive")
+    ] = None,
+    until: Annotated[
+        str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, exclusive")
+    ] = None,
+    format: Annotated[Literal["html", "json"], QueryParameter()] = "html",
+) -> Response[bytes]:
+    """Lookups (one per request), decisions, denials by rule, client and purpose, hiring
+    lookups blocked, neutral answers, throttling, objections, policy versions, and the
+    verification of the window's export. Every figure links to its request ids."""
+    _only_query(request, {"since", "until", "format"})
+    state = gateway_state(request)
+    if state.store is None or state.keyring is None or state.policy is None:
+        raise _unavailable("the audit store")
+    store, keyring, policy = state.store, state.keyring, state.policy.current
+    report = await asyncio.to_thread(
+        report_from_store,
+        store,
+        keyring,
+        since=since,
+        until=until,
+        policy=policy,
+        temp_dir=state.settings.data_dir,
+    )
+    if format == "json":
+        return Response(render_json(report), media_type="application/json")
+    return Response(
+        render_html(report).encode(),
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+report_router = Router(
+    path="/admin",
+    route_handlers=[audit_report],
+    guards=[admin_guard],
+    security=SECURITY,
+    middleware=[request_id_middleware],
+    tags=["admin"],
+)

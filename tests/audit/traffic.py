@@ -1,0 +1,201 @@
+"""A generated month of gateway traffic, written through the real AuditLog, with the
+plan kept beside it so tests count the truth independently of the readers under test.
+
+Each planned lookup is one :class:`Planned` scenario: who asked, for what, what the
+gateway decided, what the vendor said, which records the gateway writes for it
+(the same shapes ``gateway/proxy.py`` writes: an intent before a vendor call, then
+the outcome; a single record for denials, local answers and cache hits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.audit.log import AuditLog
+from gateway.audit.record import AuditRecord
+from gateway.audit.signing import KeyRing
+from gateway.audit.store import AuditStore
+
+BASE = 1_796_083_200  # 2026-12-01T00:00:00Z
+V2_SCORE = "/v2/user.json/{kloutId}/score"
+V1_BATCH = "/1/klout.json"
+OLD_VERSION = "sha256:" + "a" * 16
+NEW_VERSION = "sha256:" + "b" * 16
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One lookup as the test means it (not as any reader sees it)."""
+
+    request_id: str
+    time: str
+    client: str | None
+    client_kind: str | None
+    purpose: str | None
+    upstream: str
+    route: str
+    decision: str
+    outcome: str | None
+    rules: tuple[str, ...]
+    error: str | None = None
+    status: int = 200
+    upstream_status: int | None = None
+    calls_vendor: bool = False
+    people: int = 1
+    unfinished: bool = False
+    policy_version: str = NEW_VERSION
+    detail: str | None = None
+    subjects: tuple[str, ...] = field(default=())
+
+
+# (weight, client, kind, purpose, route, decision, outcome, rules, error, status, calls vendor)
+SCENARIOS: list[tuple[int, dict[str, object]]] = [
+    (30, dict(client="crm", client_kind="crm", purpose="sales", decision="allow",
+              outcome="found", rules=("limit-klout-terms",), calls_vendor=True)),
+    (8, dict(client="support-desk", client_kind="support",
+             purpose="essential.service.operations.support", decision="allow", outcome="found",
+             rules=("limit-klout-terms", "coarsen-support-desk"), calls_vendor=True)),
+    (4, dict(client="crm", client_kind="crm", purpose="sales", decision="allow",
+             outcome="found", rules=("limit-klout-terms",), detail="cache hit, 12 s old")),
+    (10, dict(client="crm", client_kind="crm", purpose="sales", decision="neutralize",
+              outcome="missing", rules=("limit-klout-terms", "neutralize-missing"),
+              calls_vendor=True)),
+    (3, dict(client="support-desk", client_kind="support",
+             purpose="essential.service.operations.support", decision="neutralize",
+             outcome="pending", rules=("limit-klout-terms", "coarsen-support-desk",
+                                       "neutralize-missing"), calls_vendor=True)),
+    (3, dict(client="crm", client_kind="crm", purpose="sales", decision="neutralize",
+             outcome="objected", rules=("limit-klout-terms", "neutralize-objected"))),
+    (9, dict(client="ats", client_kind="hr", purpose="employment.recruitment", decision="deny",
+             outcome=None, rules=("deny-employment", "deny-hr-clients", "limit-klout-terms"),
+             error="policy.denied", status=403)),
+    (4, dict(client="email-marketing", client_kind="marketing",
+             purpose="marketing.advertising.third_party.targeted", decision="deny", outcome=None,
+             rules=("deny-advertising", "limit-klout-terms", "terms.klout.banned-purpose"),
+             error="policy.denied", status=403)),
+    (3, dict(client="crm", client_kind="crm", purpose="employment", decision="deny",
+             outcome=None, rules=("policy.purpose-not-registered",),
+             error="purpose.not_registered", status=403)),
+    (3, dict(client="crm", client_kind="crm", purpose="sales", decision="deny", outcome=None,
+             rules=("limit-klout-terms",), error="limit.exceeded", status=429)),
+    (3, dict(client="crm", client_kind="crm", purpose="sales", decision="allow",
+             outcome="throttled", rules=("limit-klout-terms",), error="upstream.throttled",
+             status=429, calls_vendor=True)),
+    (2, dict(client="support-desk", client_kind="support",
+             purpose="essential.service.operations.support", decision="allow", outcome="error",
+             rules=("limit-klout-terms", "coarsen-support-desk"), error="upstream.unavailable",
+             status=502, calls_vendor=True)),
+    (1, dict(client="crm", client_kind="crm", purpose=None, decision="error", outcome=None,
+             rules=(), error="route.unknown", status=404)),
+    (2, dict(client=None, client_kind=None, purpose=None, decision="error", outcome=None,
+             rules=(), error="auth.invalid_key", status=401)),
+]  # fmt: skip
+
+
+def plan(count: int, *, seed: int = 11, days: int = 20) -> list[Planned]:
+    """``count`` lookups over ``days`` days; a few are 5-name v1 batches, a few unfinished."""
+    rng = random.Random(seed)
+    weights = [w for w, _ in SCENARIOS]
+    step = days * 86400 / count
+    planned: list[Planned] = []
+    for i in range(count):
+        spec = dict(rng.choices(SCENARIOS, weights)[0][1])
+        t = BASE + i * step + rng.random() * step * 0.5
+        batch = spec["decision"] == "allow" and spec["outcome"] == "found" and i % 17 == 0
+        people = 5 if batch else 1
+        unfinished = bool(spec.get("calls_vendor")) and i % 997 == 5
+        planned.append(
+            Planned(
+                request_id=f"{i:032x}",
+                time=_rfc3339(t),
+                upstream="klout",
+                route=V1_BATCH if batch else V2_SCORE,
+                people=people,
+                unfinished=unfinished,
+                policy_version=OLD_VERSION if i < count // 4 else NEW_VERSION,
+                subjects=tuple(f"hmac-sha256:{(i * 7 + k) % 5000:064x}" for k in range(people)),
+                status=int(spec.pop("status", 200)),  # type: ignore[call-overload]
+                upstream_status=200 if spec.get("calls_vendor") else None,
+                **spec,  # type: ignore[arg-type]
+            )
+        )
+    return planned
+
+
+def _rfc3339(t: float) -> str:
+    import time as _time
+
+    second = int(t)
+    micros = min(999_999, round((t - second) * 1_000_000))
+    return f"{_time.strftime('%Y-%m-%dT%H:%M:%S', _time.gmtime(second))}.{micros:06d}Z"
+
+
+def records(p: Planned) -> Iterator[AuditRecord]:
+    """The records the gateway writes for ``p``, as format 1 does today."""
+    common = dict(
+        request_id=p.request_id,
+        client=p.client,
+        client_kind=p.client_kind,
+        purpose=p.purpose,
+        upstream=p.upstream,
+        route=p.route,
+        subjects=list(p.subjects) if p.client else [],
+        rules=list(p.rules),
+        policy_version=p.policy_version,
+    )
+    if p.calls_vendor:
+        yield AuditRecord(kind="lookup.intent", time=p.time, decision="allow", **common)  # type: ignore[arg-type]
+        if p.unfinished:
+            return
+    yield AuditRecord(
+        kind="lookup",
+        time=p.time[:-2] + "9Z" if p.calls_vendor else p.time,
+        decision=p.decision,
+        outcome=p.outcome,
+        upstream_status={"throttled": 429, "error": 502}.get(p.outcome or "", p.upstream_status),
+        status=p.status,
+        latency_ms=12.5,
+        error=p.error,
+        detail=p.detail,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def policy_loads() -> list[AuditRecord]:
+    return [
+        AuditRecord(kind="policy.load", time=_rfc3339(BASE - 60), request_id="load-1",
+                    decision="loaded", policy_version=OLD_VERSION, detail="digest 1"),
+        AuditRecord(kind="policy.load", time=_rfc3339(BASE + 5 * 86400), request_id="load-2",
+                    decision="loaded", policy_version=NEW_VERSION, detail="digest 2"),
+    ]  # fmt: skip
+
+
+async def write_traffic(log: AuditLog, planned: list[Planned], *, per_round: int = 2048) -> int:
+    """Append every record of ``planned`` (and two policy loads) in time order; return
+    the number of records."""
+    all_records = [*policy_loads(), *(r for p in planned for r in records(p))]
+    all_records.sort(key=lambda r: r.time)
+    for first in range(0, len(all_records), per_round):
+        await asyncio.gather(*(log.append(r) for r in all_records[first : first + per_round]))
+    return len(all_records)
+
+
+def build_log(data_dir: Path, planned: list[Planned]) -> int:
+    """A store in ``data_dir`` holding ``planned``, through the real AuditLog; records."""
+
+    async def run() -> int:
+        keyring = KeyRing.load_or_create(data_dir)
+        store = AuditStore.open(data_dir=data_dir)
+        log = AuditLog(store, keyring)
+        await log.start()
+        try:
+            return await write_traffic(log, planned)
+        finally:
+            await log.close()
+            store.close()
+
+    return asyncio.run(run())
