@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from litestar import Request, Response, Router, get
-from litestar.params import QueryParameter
+from litestar import Request, Response, Router, get, post
+from litestar.params import QueryParameter, RawBody
 
 from gateway.admin import (
     ADMIN_ERRORS,
@@ -24,7 +24,12 @@ from gateway.admin import (
     gateway_state,
     request_id_middleware,
 )
+from gateway.audit.lookups import iter_store_records
 from gateway.audit.report import render_html, render_json, report_from_store
+from gateway.errors import BadRequest
+from gateway.policies.compile import compile_policy
+from gateway.policies.loader import PolicyError, parse_policy
+from gateway.policies.replay import ReplaySummary, replay
 
 __all__ = ["report_router"]
 
@@ -78,9 +83,51 @@ async def audit_report(
     )
 
 
+@post(
+    "/policy/replay",
+    summary="What a policy change would have done to the logged lookups",
+    operation_id="replayPolicy",
+    responses=ADMIN_ERRORS,
+    status_code=200,
+    request_max_body_size=1024 * 1024,
+)
+async def replay_policy(
+    request: Request[Any, Any, Any],
+    body: RawBody,
+    since: Annotated[
+        str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, inclusive")
+    ] = None,
+    until: Annotated[
+        str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, exclusive")
+    ] = None,
+) -> ReplaySummary:
+    """Send the YAML text of a proposed policy file. Every logged lookup in the window is
+    decided again under it and under the active policy; the answer counts what would
+    change (allow→deny, deny→allow, newly neutralized, ...), by rule, client and purpose,
+    with example request ids, and says whether the change loosens the policy."""
+    _only_query(request, {"since", "until"})
+    state = gateway_state(request)
+    if state.store is None or state.policy is None:
+        raise _unavailable("the audit store")
+    try:
+        text = body.decode("utf-8")
+        proposed = compile_policy(parse_policy(text, filename="proposed.yaml"))
+    except UnicodeDecodeError:
+        raise BadRequest("the policy file is not UTF-8", code="policy.invalid") from None
+    except PolicyError as exc:
+        raise BadRequest(
+            "the proposed policy has errors: " + "; ".join(exc.lines()[:20]),
+            code="policy.invalid",
+        ) from None
+    store, active = state.store, state.policy.current
+    return await asyncio.to_thread(
+        lambda: replay(iter_store_records(store), active, proposed, since=since, until=until)
+    )
+
+
 report_router = Router(
     path="/admin",
-    route_handlers=[audit_report],
+    route_handlers=[audit_report, replay_policy],
     guards=[admin_guard],
     security=SECURITY,
     middleware=[request_id_middleware],

@@ -8,7 +8,6 @@ plan of that traffic, not from the readers under test.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import re
@@ -28,7 +27,7 @@ from gateway.audit.report import anchor
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.cli import main
-from tests.audit.traffic import Planned, build_log, plan
+from tests.audit.traffic import Planned, as_logged, build_log, plan
 from tests.support import browser
 from tests.support.gateway import SHIPPED_POLICY, running_gateway
 from tests.support.servers import serve_asgi
@@ -46,13 +45,6 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Planned]
 
 def identified(planned: list[Planned]) -> list[Planned]:
     return [p for p in planned if p.client is not None]
-
-
-def as_logged(p: Planned) -> Planned:
-    """An unfinished lookup is in the log as its intent only: allowed, no outcome yet."""
-    if not p.unfinished:
-        return p
-    return dataclasses.replace(p, decision="allow", outcome=None, error=None)
 
 
 def expected_figures(planned: list[Planned]) -> dict[str, Any]:

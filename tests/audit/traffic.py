@@ -10,6 +10,7 @@ the outcome; a single record for denials, local answers and cache hits).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,13 @@ def plan(count: int, *, seed: int = 11, days: int = 20) -> list[Planned]:
             )
         )
     return planned
+
+
+def as_logged(p: Planned) -> Planned:
+    """An unfinished lookup is in the log as its intent only: allowed, no outcome yet."""
+    if not p.unfinished:
+        return p
+    return dataclasses.replace(p, decision="allow", outcome=None, error=None)
 
 
 def _rfc3339(t: float) -> str:
