@@ -46,6 +46,8 @@ from gateway.clients import (
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
+from gateway.policies.apply import LoadMarks, load_marks
+from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder
 from gateway.proxy import Proxy
@@ -159,14 +161,19 @@ async def _start(
 
     pending_loads: set[asyncio.Task[None]] = set()
 
-    async def audit_load(version: str | None, ok: bool, errors: tuple[str, ...]) -> None:
+    loaded: list[CompiledPolicy] = []  # the policy in force before the latest load
+
+    async def audit_load(
+        version: str | None, ok: bool, errors: tuple[str, ...], marks: LoadMarks | None
+    ) -> None:
+        detail = "; ".join(errors) if errors else (marks.detail() if marks else None)
         record = AuditRecord(
             kind="policy.load",
             time=rfc3339(time.time()),
             request_id=uuid.uuid4().hex,
             decision="loaded" if ok else "rejected",
             policy_version=version,
-            detail="; ".join(errors)[:4000] if errors else None,
+            detail=detail[:4000] if detail else None,
         )
         try:
             await audit.append(record)
@@ -177,13 +184,24 @@ async def _start(
         state.metrics.policy_reloads.labels("ok" if ok else "error").inc()
         if not ok:
             log.warning("policy change refused; the active policy stays: %s", "; ".join(errors))
-        task = asyncio.get_running_loop().create_task(audit_load(version, ok, errors))
+        marks = None
+        holder = state.policy
+        if ok and holder is not None:
+            # Who applied it (the apply note), what changed, and any loosening saved
+            # directly to the file: for the record and GET /admin/policy.
+            marks = load_marks(data_dir, loaded[-1] if loaded else None, holder.current)
+            holder.loosening = marks.loosening
+            loaded[:] = [holder.current]
+            if marks.loosening:
+                log.warning("policy loosened outside 'policy apply': %s", marks.detail())
+        task = asyncio.get_running_loop().create_task(audit_load(version, ok, errors, marks))
         pending_loads.add(task)
         task.add_done_callback(pending_loads.discard)
 
     policy = PolicyHolder(
         policy_path(settings), on_load=on_load, interval=settings.policy_reload_interval
     )
+    loaded[:] = [policy.current]
     await asyncio.gather(*pending_loads)  # the first load is audited before serving
     # Each start names the signing key in force, so a rotation shows in the log itself.
     await audit.append(

@@ -271,7 +271,8 @@ class _Builder:
                     status="ok" if ok else "refused",
                     actor=view.actor,
                     detail=view.detail,
-                    loosening=bool(view.loosening),
+                    loosening=bool(view.loosening)
+                    or "LOOSENING saved outside" in (view.detail or ""),
                 )
             )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from gateway.audit.lookups import iter_export_records, iter_store_records
@@ -65,6 +66,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     rp.add_argument("--json", action="store_true", help="print the summary as JSON")
     rp.set_defaults(func=cmd_replay)
+
+    ap = sub.add_parser(
+        "apply",
+        help="check, test, replay and diff a new policy, then make it the active file",
+    )
+    ap.add_argument("file", type=Path, help="the new policy file")
+    ap.add_argument(
+        "--to",
+        type=Path,
+        default=Path("policies.yaml"),
+        help="the active policy file the gateway watches (default ./policies.yaml)",
+    )
+    ap.add_argument(
+        "--cases",
+        type=Path,
+        help="directory of YAML test cases (default: tests/cases next to the active file)",
+    )
+    _window_arguments(ap)
+    ap.add_argument(
+        "--as",
+        dest="actor",
+        default=None,
+        help="who applies the change, for the audit record (default: the login name)",
+    )
+    ap.add_argument("--yes", action="store_true", help="do not ask; for scripts")
+    ap.add_argument(
+        "--allow-loosening",
+        action="store_true",
+        help="apply even if callers would get more than before",
+    )
+    ap.set_defaults(func=cmd_apply)
 
 
 def _compile(path: Path) -> CompiledPolicy | None:
@@ -118,4 +150,108 @@ def cmd_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _step(number: int, title: str) -> None:
+    print(f"\n{number}. {title}")
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.policies.apply import ApplyNote, file_digest, write_atomically, write_note
+    from gateway.policies.diff import loosenings, policy_diff, summary
+    from gateway.policies.testing import DEFAULT_CASES_DIR, run_cases
+
+    target: Path = args.to
+    _step(1, f"check {args.file}")
+    new = _compile(args.file)
+    if new is None:
+        print("refused: the file has errors; nothing was changed", file=sys.stderr)
+        return 1
+    print(f"   OK, version {new.version}, {len(new.rules)} rules")
+    old = _compile(target) if target.exists() else None
+    if target.exists() and old is None:
+        print(f"note: the active file {target} has errors itself", file=sys.stderr)
+
+    _step(2, "test cases")
+    cases_dir: Path = args.cases or target.parent / DEFAULT_CASES_DIR
+    if not cases_dir.is_dir():
+        print(f"refused: no test cases at {cases_dir} (give --cases DIR)", file=sys.stderr)
+        return 1
+    results = run_cases(new, cases_dir)
+    failed = [r for r in results if not r.passed]
+    for result in failed:
+        print("   " + result.render().replace("\n", "\n   "))
+    print(f"   {len(results) - len(failed)} passed, {len(failed)} failed")
+    if not results or failed:
+        print(
+            f"refused: {len(failed) if results else 'no'} test case(s) "
+            f"{'fail' if results else 'found'} in {cases_dir}; nothing was changed",
+            file=sys.stderr,
+        )
+        return 1
+
+    _step(3, "replay against the audit log")
+    loosening = False
+    if old is None:
+        print("   skipped: there is no valid active policy to compare with")
+    else:
+        if args.since is None and args.until is None:
+            args.since = parse_moment("30d")
+        try:
+            replayed = run_replay(args, old, new)
+        except (StoreError, OSError, ValueError) as exc:
+            print(f"   skipped: {exc}")
+        else:
+            print("   " + replayed.render().replace("\n", "\n   "))
+            loosening = replayed.loosening
+
+    _step(4, f"what changes against {target}")
+    lines = policy_diff(old.policy, new.policy) if old is not None else ["a new policy file"]
+    for line in lines:
+        print(f"   - {line}")
+    if not lines:
+        print("   no change in meaning (comments or layout only)")
+    static = loosenings(old.policy, new.policy) if old is not None else []
+    for line in static:
+        print(f"   ! may loosen: {line}")
+    if (loosening or static) and not args.allow_loosening:
+        print(
+            "refused: this change loosens the policy (give --allow-loosening if that is meant)",
+            file=sys.stderr,
+        )
+        return 1
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("refused: no terminal to confirm on; give --yes", file=sys.stderr)
+            return 1
+        answer = input(f"\nWrite {args.file} over {target}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("nothing was changed")
+            return 1
+    data = args.file.read_bytes()
+    actor = f"cli:{args.actor or getpass.getuser()}"
+    try:
+        write_note(
+            _data_dir(args),
+            ApplyNote(
+                digest=file_digest(data),
+                version=new.version,
+                actor=actor,
+                summary=summary(lines),
+                loosening=static,
+                time=time.time(),
+            ),
+        )
+        write_atomically(target, data)
+    except OSError as exc:
+        print(f"refused: cannot write {target}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"\napplied {new.version} to {target} as {actor}; a running gateway loads it "
+        "within a second or two (GET /admin/policy shows the active version)"
+    )
     return 0

@@ -51,6 +51,9 @@ class PolicyStatus(msgspec.Struct, frozen=True, kw_only=True):
     rules: int
     pending_error: list[str] | None = None
     pending_since: float | None = None
+    # Changes that may loosen the policy, when the active file was saved outside
+    # ``gateway policy apply`` (set by the app from :func:`gateway.policies.apply.load_marks`).
+    loosening: list[str] | None = None
 
 
 _Signature = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns)
@@ -74,6 +77,7 @@ class PolicyHolder:
         self.interval = interval
         self.pending_error: tuple[str, ...] | None = None
         self.pending_since: float | None = None
+        self.loosening: tuple[str, ...] = ()
         self._signature: _Signature | None = None
         self._digest: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -213,6 +217,7 @@ class PolicyHolder:
             rules=len(current.rules),
             pending_error=list(self.pending_error) if self.pending_error else None,
             pending_since=self.pending_since,
+            loosening=list(self.loosening) or None,
         )
 
 
