@@ -19,9 +19,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from gateway.audit.log import AuditLog
+from gateway.audit.people import PersonCommitter
 from gateway.audit.record import AuditRecord
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore, database_url
+
+COMMITTER = PersonCommitter(b"\x07" * 32)  # format-2 records name people by commitment
 
 
 def record(i: int) -> AuditRecord:
@@ -34,7 +37,9 @@ def record(i: int) -> AuditRecord:
         purpose="recruiting",
         upstream="klout",
         route="/v2/user.json/{kloutId}/score",
-        subjects=["hmac-sha256:" + f"{i % 1000:064x}"],
+        people=COMMITTER.refs(
+            f"req-{i:012d}", [("hmac-sha256:" + f"{i % 1000:064x}", "asked", "found")]
+        ),
         decision="allow",
         rules=["allow-recruiting"],
         policy_version="sha256:0123456789abcdef",

@@ -20,9 +20,12 @@ from pathlib import Path
 
 from gateway.audit.checkpoint import sign_checkpoint
 from gateway.audit.merkle import leaf_hash
+from gateway.audit.people import PersonCommitter
 from gateway.audit.record import AuditRecord, canonical_bytes
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore, PreparedRecord
+
+COMMITTER = PersonCommitter(b"\x07" * 32)  # format-2 records name people by commitment
 
 
 def record(i: int) -> AuditRecord:
@@ -36,7 +39,9 @@ def record(i: int) -> AuditRecord:
         purpose="recruiting",
         upstream="klout",
         route="/v2/user.json/{kloutId}/score",
-        subjects=["hmac-sha256:" + f"{(i * 7919) % 100_003:064x}"],
+        people=COMMITTER.refs(
+            f"req-{i:012d}", [("hmac-sha256:" + f"{(i * 7919) % 100_003:064x}", "asked", "found")]
+        ),
         decision="allow",
         rules=["allow-recruiting"],
         policy_version="sha256:0123456789abcdef",

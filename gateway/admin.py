@@ -25,7 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.audit.export import iter_export_chunks
 from gateway.audit.lookup_csv import iter_csv_chunks
 from gateway.audit.lookups import iter_store_records
-from gateway.audit.subject import SubjectEntry, subject_records
+from gateway.audit.subject import subject_records
 from gateway.errors import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -467,9 +467,17 @@ async def audit_export(
     )
 
 
+class SubjectRecord(msgspec.Struct, frozen=True):
+    """One record about the person: its leaf index and its fields (format 1 or 2;
+    ``v`` tells which). A format-2 outcome refers to its intent by ``request_id``."""
+
+    seq: int
+    record: dict[str, Any]
+
+
 class SubjectAccess(msgspec.Struct):
     upstream: str
-    records: list[SubjectEntry]
+    records: list[SubjectRecord]
 
 
 @get(
@@ -498,10 +506,18 @@ async def audit_subject(
         raise NotFound("no upstream of that name in the active policy", code="upstream.unknown")
     pseudonyms = subject_pseudonyms(config, state.pseudonyms, subject)
     store = state.store
+    committer = state.pseudonyms.committer()
     entries = await asyncio.to_thread(
-        lambda: list(subject_records(store, pseudonyms, upstream=upstream)) if pseudonyms else []
+        lambda: (
+            list(subject_records(store, pseudonyms, committer, upstream=upstream))
+            if pseudonyms
+            else []
+        )
     )
-    return SubjectAccess(upstream=upstream, records=entries)
+    return SubjectAccess(
+        upstream=upstream,
+        records=[SubjectRecord(e.seq, msgspec.to_builtins(e.record)) for e in entries],
+    )
 
 
 admin_router = Router(

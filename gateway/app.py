@@ -12,7 +12,6 @@ import contextlib
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder
 from gateway.proxy import Proxy
+from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
@@ -72,6 +72,7 @@ class GatewayState:
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
+        self.request_ids = RequestIds()  # the one source of request ids in this process
         self.admin_hashes: list[str] = []
 
     def admin_ok(self, token: str) -> bool:
@@ -160,6 +161,7 @@ async def _start(
     state.store, state.audit, state.keyring, state.pseudonyms = store, audit, keyring, pseudonyms
 
     pending_loads: set[asyncio.Task[None]] = set()
+    request_ids = state.request_ids
 
     loaded: list[CompiledPolicy] = []  # the policy in force before the latest load
 
@@ -170,10 +172,13 @@ async def _start(
         record = AuditRecord(
             kind="policy.load",
             time=rfc3339(time.time()),
-            request_id=uuid.uuid4().hex,
+            request_id=request_ids.next_id(),
             decision="loaded" if ok else "rejected",
+            status=None if ok else 422,
             policy_version=version,
             detail=detail[:4000] if detail else None,
+            actor=marks.actor if marks else None,
+            loosening=True if marks and marks.loosening else None,
         )
         try:
             await audit.append(record)
@@ -208,7 +213,7 @@ async def _start(
         AuditRecord(
             kind="gateway.start",
             time=rfc3339(time.time()),
-            request_id=uuid.uuid4().hex,
+            request_id=request_ids.next_id(),
             policy_version=policy.current.version,
             detail=f"signing key {keyring.key_id}; gateway {__version__}",
         )
@@ -266,6 +271,7 @@ async def _start(
         limiter=limiter,
         session=session,
         pseudonyms=pseudonyms,
+        request_ids=state.request_ids,
         client_keys=client_keys,
         id_key=id_key,
         metrics=state.metrics,

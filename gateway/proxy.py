@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import random
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -40,7 +38,7 @@ import msgspec
 from opentelemetry.trace import SpanKind
 from yarl import URL
 
-from gateway.audit.record import AuditRecord, rfc3339
+from gateway.audit.record import AuditRecord, PersonRef, rfc3339
 from gateway.errors import (
     PROBLEM_CONTENT_TYPE,
     AuditUnavailable,
@@ -131,11 +129,9 @@ class Proxy:
             sock_connect=limits.connect_timeout,
             sock_read=limits.read_timeout,
         )
-        # Request ids: a random per-process prefix and a counter. uuid4() per request
-        # reads os.urandom, which releases the GIL; the audit writer thread then holds
-        # it and the event loop waits (bench/README.md: 19% of the loop's samples).
-        self._id_prefix = secrets.token_hex(8)
-        self._ids = itertools.count()
+        # Request ids: a keyed permutation of a counter (gateway/requestid.py), so
+        # they tell a caller nothing about other traffic and cost no system call.
+        self._next_id = runtime.request_ids.next_id
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         if not self.rt.tracing:
@@ -162,7 +158,7 @@ class Proxy:
     async def _serve(self, scope: _Scope, receive: _Receive, send: _Send, lookup: _Lookup) -> None:
         rt = self.rt
         started = time.perf_counter()
-        request_id = f"{self._id_prefix}{next(self._ids):016x}"
+        request_id = self._next_id()
         lookup.request_id = request_id
         try:
             answer, extra_headers = await self._handle(scope, receive, request_id, lookup)
@@ -181,7 +177,7 @@ class Proxy:
                 # The intent is in the log but its outcome is not: record the failure
                 # as soon as the store takes records again (no score was returned).
                 lookup.decision = "error"
-                rt.backlog.add(self._record("lookup", request_id, lookup, started))
+                rt.backlog.add(self._record("lookup", request_id, lookup, started), lookup.subjects)
             if not isinstance(error, AuditUnavailable):
                 # Every lookup attempt is audited, refused ones too (unknown key,
                 # bad path): each X-Request-Id a caller holds has its record. The
@@ -621,32 +617,75 @@ class Proxy:
         return []
 
     def _record(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> AuditRecord:
+        """The format-2 record of one phase (docs/decisions/0001-audit-record-format.md §3).
+
+        The intent holds what is known before the call; the outcome after an intent
+        refers to it by ``request_id`` and repeats none of it; a lookup with no
+        intent gets one record with everything.
+        """
+        now = rfc3339(self.rt.clock())
+        if kind == "lookup.intent":
+            return AuditRecord(
+                kind=kind,
+                time=now,
+                request_id=request_id,
+                client=lookup.client,
+                client_kind=lookup.client_kind,
+                purpose=lookup.purpose,
+                upstream=lookup.upstream,
+                route=lookup.route,
+                people=self._people(request_id, lookup, None),
+                decision=lookup.decision,
+                rules=lookup.rules,
+                policy_version=lookup.version,
+            )
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        people = self._people(request_id, lookup, lookup.outcome)
+        if lookup.intent_committed:
+            return AuditRecord(
+                kind=kind,
+                time=now,
+                request_id=request_id,
+                people=people,
+                decision=lookup.decision,
+                outcome=lookup.outcome,
+                upstream_status=lookup.upstream_status,
+                status=lookup.status,
+                latency_ms=latency,
+                error=lookup.error,
+                detail=lookup.detail,
+            )
         return AuditRecord(
-            kind=kind,  # type: ignore[arg-type]
-            time=rfc3339(self.rt.clock()),
+            kind=kind,
+            time=now,
             request_id=request_id,
             client=lookup.client,
             client_kind=lookup.client_kind,
             purpose=lookup.purpose,
             upstream=lookup.upstream,
             route=lookup.route,
-            subjects=lookup.subjects,
+            people=people,
             decision=lookup.decision,
             rules=lookup.rules,
             policy_version=lookup.version,
             outcome=lookup.outcome,
             upstream_status=lookup.upstream_status,
             status=lookup.status,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            latency_ms=latency,
             error=lookup.error,
             detail=lookup.detail,
         )
+
+    def _people(self, request_id: str, lookup: _Lookup, outcome: str | None) -> list[PersonRef]:
+        if not lookup.subjects:
+            return []
+        return self.rt.people.refs(request_id, ((p, "asked", outcome) for p in lookup.subjects))
 
     async def _audit(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> None:
         rt = self.rt
         record = self._record(kind, request_id, lookup, started)
         try:
-            await rt.audit.append(record)
+            await rt.audit.append(record, lookup.subjects)
         except AuditUnavailable:
             raise
         except Exception as exc:  # any store failure must fail closed

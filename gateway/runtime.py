@@ -10,20 +10,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import aiohttp
 from opentelemetry import trace
 
 from gateway.audit.pseudonym import Pseudonymizer
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import AnyRecord
 from gateway.cache import AnswerCache
 from gateway.clients import ClientKeys
 from gateway.errors import ServiceUnavailable
 from gateway.limits import Limiter
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Upstream
+from gateway.requestid import RequestIds
 from gateway.settings import Settings
 from gateway.telemetry import Metrics
 from gateway.upstreams.base import Adapter
@@ -31,11 +32,11 @@ from gateway.upstreams.registry import build_adapter
 
 
 class AuditSink(Protocol):
-    async def append(self, record: AuditRecord) -> int: ...
+    async def append(self, record: AnyRecord, index: Sequence[str] = ()) -> int: ...
 
 
 class OutcomeSink(Protocol):
-    def add(self, record: AuditRecord) -> None: ...
+    def add(self, record: AnyRecord, index: Sequence[str] = ()) -> None: ...
 
     def __len__(self) -> int: ...
 
@@ -146,6 +147,7 @@ class GatewayRuntime:
         session: aiohttp.ClientSession,
         pseudonyms: Pseudonymizer,
         client_keys: ClientKeys,
+        request_ids: RequestIds | None = None,
         id_key: bytes,
         metrics: Metrics,
         tracer: trace.Tracer | None = None,
@@ -161,6 +163,8 @@ class GatewayRuntime:
         self.limiter = limiter
         self.session = session
         self.pseudonyms = pseudonyms
+        self.people = pseudonyms.committer()
+        self.request_ids = request_ids or RequestIds()
         self.client_keys = client_keys
         self.metrics = metrics
         self.cache = cache

@@ -121,7 +121,10 @@ def test_subject_access_lists_every_lookup_about_one_person(client: httpx.Client
         params={"upstream": "klout", "subject": "alice_example"},
     )
     records = [e["record"] for e in r.json()["records"]]
+    assert all(rec["v"] == 2 for rec in records)
     finals = [rec for rec in records if rec["kind"] == "lookup"]
     assert len(finals) == 2
-    assert {rec["client"] for rec in finals} == {"crm"}
+    # A format-2 outcome refers to its intent by request id; the intent names the client.
+    intents = {rec["request_id"]: rec for rec in records if rec["kind"] == "lookup.intent"}
+    assert {intents[rec["request_id"]]["client"] for rec in finals} == {"crm"}
     assert b"alice" not in r.content.lower().replace(b'"subject":', b"")

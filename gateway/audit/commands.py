@@ -220,7 +220,11 @@ def cmd_subject(args: argparse.Namespace) -> int:
     try:
         store = _open_store(args)
         try:
-            entries = list(subject_records(store, pseudonyms, upstream=args.upstream))
+            entries = list(
+                subject_records(
+                    store, pseudonyms, pseudonymizer.committer(), upstream=args.upstream
+                )
+            )
             if args.proofs:
                 checkpoint = fresh_checkpoint(store, KeyRing.load(args.data_dir))
                 entries = with_inclusion_proofs(store, entries, checkpoint)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import IO
 
@@ -54,7 +55,7 @@ import msgspec
 
 from gateway.audit.checkpoint import Checkpoint, b64, sign_checkpoint
 from gateway.audit.merkle import RangeBuilder
-from gateway.audit.record import AuditRecord, decode_record, rfc3339
+from gateway.audit.record import decode_record, rfc3339
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 
@@ -85,7 +86,10 @@ class RecordLine(
     kw_only=True,
 ):
     seq: int
-    record: AuditRecord
+    # The stored bytes verbatim. Records come in more than one format
+    # (docs/decisions/0001-audit-record-format.md), so the verifier decodes and
+    # re-encodes them separately with :func:`gateway.audit.record.decode_record`.
+    record: msgspec.Raw
 
 
 class RangeLine(
@@ -315,8 +319,8 @@ def export_jsonl(
 
 CSV_COLUMNS = (
     "seq", "time", "kind", "request_id", "client", "client_kind", "purpose", "upstream",
-    "route", "subjects", "decision", "rules", "policy_version", "outcome",
-    "upstream_status", "status", "latency_ms", "error", "detail",
+    "route", "subjects", "people", "decision", "rules", "policy_version", "outcome",
+    "upstream_status", "status", "latency_ms", "error", "detail", "actor", "role", "count",
 )  # fmt: skip
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -348,6 +352,12 @@ def export_csv(
             continue
         record = decode_record(row.body)
         fields = msgspec.structs.asdict(record)
-        writer.writerow([str(row.seq), *(_cell(fields[name]) for name in CSV_COLUMNS[1:])])
+        # Format 2 names people by commitments, which mean nothing in a
+        # spreadsheet: the cell says how many people, by role.
+        people = fields.pop("people", None)
+        if people:
+            roles = Counter(p.r for p in people)
+            fields["people"] = " ".join(f"{n} {role}" for role, n in sorted(roles.items()))
+        writer.writerow([str(row.seq), *(_cell(fields.get(name)) for name in CSV_COLUMNS[1:])])
         count += 1
     return count

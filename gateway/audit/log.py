@@ -38,7 +38,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -47,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
 from gateway.audit.merkle import Frontier, leaf_hash
-from gateway.audit.record import AuditRecord, canonical_bytes
+from gateway.audit.record import AnyRecord, canonical_bytes
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore, PreparedRecord, StoreError
 from gateway.errors import AuditUnavailable, GatewayError
@@ -93,7 +93,8 @@ class _Stop:
         self.future = future
 
 
-_Item = tuple[AuditRecord, _Future] | _CheckpointRequest | _Stop
+_Entry = tuple[AnyRecord, tuple[str, ...], _Future]
+_Item = _Entry | _CheckpointRequest | _Stop
 
 
 def recover(store: AuditStore, keyring: KeyRing) -> Frontier:
@@ -200,7 +201,7 @@ class AuditLog:
             while True:
                 item = self._queue.get_nowait()
                 if isinstance(item, tuple):
-                    _fail(item[1], AuditUnavailable("the audit log is closed"))
+                    _fail(item[2], AuditUnavailable("the audit log is closed"))
                 elif isinstance(item, _CheckpointRequest):
                     _fail(item.future, AuditUnavailable("the audit log is closed"))
 
@@ -221,12 +222,16 @@ class AuditLog:
 
     # -- appends and checkpoints -------------------------------------------------------
 
-    async def append(self, record: AuditRecord) -> int:
-        """Durably append ``record``; return its ``seq``. Raises ``AuditUnavailable``."""
+    async def append(self, record: AnyRecord, index: Sequence[str] = ()) -> int:
+        """Durably append ``record``; return its ``seq``. Raises ``AuditUnavailable``.
+
+        ``index``: pseudonyms of the people the record concerns, for the store's
+        subject index (format-2 records name them only by commitments).
+        """
         if not self._accepting:
             raise AuditUnavailable("the audit log is not running")
         future: _Future = asyncio.get_running_loop().create_future()
-        self._queue.put((record, future))
+        self._queue.put((record, tuple(index), future))
         return await future
 
     async def checkpoint(self) -> Checkpoint:
@@ -242,7 +247,7 @@ class AuditLog:
     def _run(self) -> None:
         stop: _Stop | None = None
         while stop is None:
-            batch: list[tuple[AuditRecord, _Future]] = []
+            batch: list[_Entry] = []
             requests: list[_CheckpointRequest] = []
             timeout = max(0.0, self._last_checkpoint_at + self._interval - self._clock())
             try:
@@ -277,7 +282,7 @@ class AuditLog:
     def _drain_after_stop(self) -> None:
         """Appends queued before ``close`` are committed, never dropped."""
         while True:
-            batch: list[tuple[AuditRecord, _Future]] = []
+            batch: list[_Entry] = []
             with contextlib.suppress(queue.Empty):
                 while len(batch) < self._max_batch:
                     item = self._queue.get_nowait()
@@ -289,17 +294,17 @@ class AuditLog:
                 return
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[AuditRecord, _Future]]) -> None:
+    def _commit(self, batch: list[_Entry]) -> None:
         started = time.perf_counter()
         prepared: list[PreparedRecord] = []
         futures: list[_Future] = []
-        for record, future in batch:
+        for record, index, future in batch:
             try:
                 body = canonical_bytes(record)
             except (msgspec.EncodeError, TypeError, ValueError):
                 _fail(future, AuditUnavailable("the audit record cannot be encoded"))
                 continue
-            prepared.append(PreparedRecord(record, body, leaf_hash(body)))
+            prepared.append(PreparedRecord(record, body, leaf_hash(body), index))
             futures.append(future)
         if not prepared:
             return

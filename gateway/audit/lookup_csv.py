@@ -20,7 +20,8 @@ import io
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from gateway.audit.lookups import Lookup, iter_events, read_record
+from gateway.audit.lookups import Lookup, iter_events, people_of, read_record
+from gateway.audit.record import AuditRecord
 
 __all__ = ["LOOKUP_COLUMNS", "RECORD_COLUMNS", "iter_csv_chunks", "iter_csv_rows", "write_csv"]
 
@@ -72,9 +73,11 @@ def iter_csv_rows(
                 continue
             row = [str(seq)]
             for name in RECORD_COLUMNS[1:]:
-                value: object = getattr(view, name)
-                if name == "people":
-                    value = [f"{p.c}:{p.r}:{p.o or ''}" for p in view.people]
+                value: object = getattr(view, name, None)
+                if name == "v":
+                    value = 2 if isinstance(view, AuditRecord) else 1
+                elif name == "people":
+                    value = [f"{p.c}:{p.r}:{p.o or ''}" for p in people_of(view)]
                 row.append(_cell(value))
             yield row
         return

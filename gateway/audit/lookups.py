@@ -26,67 +26,38 @@ from pathlib import Path
 
 import msgspec
 
+from gateway.audit.record import AnyRecord, AuditRecord, AuditRecordV1, PersonRef, decode_record
 from gateway.audit.store import AuditStore
 
 __all__ = [
     "Lookup",
-    "PersonView",
     "RecordView",
     "iter_events",
     "iter_export_records",
     "iter_store_records",
+    "people_of",
     "read_record",
+    "subjects_of",
 ]
 
 
-class PersonView(msgspec.Struct, frozen=True):
-    """One person named by a format-2 record: commitment, role, outcome (never an id)."""
-
-    c: str = ""
-    r: str = ""
-    o: str | None = None
+RecordView = AnyRecord
+"""A decoded record of either format (:func:`gateway.audit.record.decode_record`)."""
 
 
-class RecordView(msgspec.Struct, frozen=True, kw_only=True):
-    """What readers need from a record of either format; unknown fields are ignored,
-    so a record of a later format still counts by its common fields."""
-
-    v: int = 1
-    kind: str
-    time: str
-    request_id: str | None = None
-    client: str | None = None
-    client_kind: str | None = None
-    purpose: str | None = None
-    upstream: str | None = None
-    route: str | None = None
-    subjects: list[str] = []
-    people: list[PersonView] = []
-    decision: str | None = None
-    rules: list[str] = []
-    policy_version: str | None = None
-    outcome: str | None = None
-    upstream_status: int | None = None
-    status: int | str | None = None  # an int for lookups; "ok"/"refused" for admin acts
-    latency_ms: float | None = None
-    error: str | None = None
-    detail: str | None = None
-    # refusal.aggregate, objection.*, admin.*, policy.load (format 2)
-    source: str | None = None
-    count: int | None = None
-    request_ids: list[str] = []
-    until: str | None = None
-    actor: str | None = None
-    role: str | None = None
-    loosening: bool | None = None
+def read_record(body: bytes) -> AnyRecord:
+    """One record's canonical bytes, decoded by the log's own decoder (format 1 or 2)."""
+    return decode_record(body)
 
 
-_view_decoder = msgspec.json.Decoder(RecordView)
+def people_of(record: AnyRecord) -> list[PersonRef]:
+    """The people a format-2 record names (commitments); none for format 1."""
+    return record.people if isinstance(record, AuditRecord) else []
 
 
-def read_record(body: bytes) -> RecordView:
-    """The reader's view of one record's canonical bytes (format 1 or 2)."""
-    return _view_decoder.decode(body)
+def subjects_of(record: AnyRecord) -> list[str]:
+    """The pseudonyms a format-1 record names; none for format 2."""
+    return record.subjects if isinstance(record, AuditRecordV1) else []
 
 
 @dataclass(slots=True)
@@ -134,9 +105,10 @@ class Lookup:
 
 
 def _people_count(view: RecordView) -> int:
-    if view.people:
-        return sum(1 for p in view.people if p.r == "asked")
-    return len(view.subjects)
+    people = people_of(view)
+    if people:
+        return sum(1 for p in people if p.r == "asked")
+    return len(subjects_of(view))
 
 
 def _start(seq: int, view: RecordView, *, complete: bool) -> Lookup:
@@ -173,17 +145,18 @@ def _finish(lookup: Lookup, view: RecordView) -> None:
     if view.kind == "lookup":
         lookup.outcome = view.outcome
         lookup.upstream_status = view.upstream_status
-        lookup.status = view.status if isinstance(view.status, int) else None
+        lookup.status = view.status
         lookup.latency_ms = view.latency_ms
         lookup.error = view.error
         lookup.detail = view.detail
         lookup.complete = True
-    if view.people:
-        asked = sum(1 for p in view.people if p.r == "asked")
+    people = people_of(view)
+    if people:
+        asked = sum(1 for p in people if p.r == "asked")
         lookup.people = max(lookup.people, asked)
-        lookup.withheld += sum(1 for p in view.people if p.r == "withheld")
-    elif view.subjects:
-        lookup.people = max(lookup.people, len(view.subjects))
+        lookup.withheld += sum(1 for p in people if p.r == "withheld")
+    elif subjects_of(view):
+        lookup.people = max(lookup.people, len(subjects_of(view)))
 
 
 def iter_events(
@@ -218,7 +191,7 @@ def iter_events(
                 until is not None and view.time >= until
             ):
                 continue
-            if view.v >= 2 and view.client is None and view.decision is None:
+            if isinstance(view, AuditRecord) and view.client is None and view.decision is None:
                 # A format-2 outcome whose intent lies before the window: its intent
                 # fields are not here, and the lookup started outside the window.
                 continue

@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from gateway.audit.people import PersonCommitter
+
 KEY_FILE = "subject-hmac.key"
 
 
@@ -30,6 +32,10 @@ class Pseudonymizer:
     def derive(self, label: bytes) -> bytes:
         """A separate key for another purpose (neutral identifiers), from the same secret."""
         return hmac.new(self._key, b"derive\x00" + label, hashlib.sha256).digest()
+
+    def committer(self) -> PersonCommitter:
+        """Opens and makes the commitments that name people in format-2 records."""
+        return PersonCommitter(self.derive(b"person-commitment-salt"))
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> Pseudonymizer:

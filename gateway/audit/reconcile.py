@@ -19,11 +19,12 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import msgspec
 
 from gateway.audit.log import AuditLog
-from gateway.audit.record import AuditRecord, decode_record, rfc3339
+from gateway.audit.record import AnyRecord, AuditRecord, decode_record, rfc3339
 from gateway.audit.store import AuditStore
 from gateway.errors import GatewayError
 
@@ -34,9 +35,9 @@ log = logging.getLogger("gateway.audit")
 TAIL = 10_000
 
 
-def orphaned_intents(store: AuditStore, size: int, tail: int = TAIL) -> list[AuditRecord]:
+def orphaned_intents(store: AuditStore, size: int, tail: int = TAIL) -> list[AnyRecord]:
     """Intents among the last ``tail`` records that have no outcome record."""
-    open_intents: dict[str, AuditRecord] = {}
+    open_intents: dict[str, AnyRecord] = {}
     for row in store.iter_records(max(0, size - tail), size):
         record = decode_record(row.body)
         if record.kind == "lookup.intent":
@@ -46,8 +47,21 @@ def orphaned_intents(store: AuditStore, size: int, tail: int = TAIL) -> list[Aud
     return list(open_intents.values())
 
 
-def closing_record(intent: AuditRecord, why: str) -> AuditRecord:
-    """The outcome of a lookup whose real outcome was lost: failed, nothing returned."""
+def closing_record(intent: AnyRecord, why: str) -> AnyRecord:
+    """The outcome of a lookup whose real outcome was lost: failed, nothing returned.
+
+    Format 2 refers to the intent by ``request_id`` and repeats none of it.
+    """
+    if isinstance(intent, AuditRecord):
+        return AuditRecord(
+            kind="lookup",
+            time=rfc3339(time.time()),
+            request_id=intent.request_id,
+            decision="error",
+            status=503,
+            error="audit.unavailable",
+            detail=why,
+        )
     return msgspec.structs.replace(
         intent,
         kind="lookup",
@@ -81,17 +95,17 @@ class OutcomeBacklog:
     def __init__(self, audit: AuditLog, interval: float = 1.0, limit: int = 100_000) -> None:
         self._audit = audit
         self._interval = interval
-        self._pending: deque[AuditRecord] = deque()
+        self._pending: deque[tuple[AnyRecord, tuple[str, ...]]] = deque()
         self._limit = limit
         self._task: asyncio.Task[None] | None = None
         self._flushing = False
 
-    def add(self, record: AuditRecord) -> None:
+    def add(self, record: AnyRecord, index: Sequence[str] = ()) -> None:
         if len(self._pending) >= self._limit:
             # The intent stays open in the log; start-up closes it. Memory stays bounded.
             log.error("outcome backlog full; an open intent is left for start-up to close")
             return
-        self._pending.append(record)
+        self._pending.append((record, tuple(index)))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -105,7 +119,7 @@ class OutcomeBacklog:
         try:
             while self._pending:
                 try:
-                    await self._audit.append(self._pending[0])
+                    await self._audit.append(*self._pending[0])
                 except GatewayError:
                     return
                 self._pending.popleft()

@@ -38,6 +38,7 @@ import msgspec
 
 from gateway.audit.export import CheckpointLine, export_jsonl
 from gateway.audit.lookups import Lookup, RecordView, iter_events, iter_export_records
+from gateway.audit.record import AuditRecord
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import verify_export
@@ -256,22 +257,23 @@ class _Builder:
 
     def add_record(self, view: RecordView) -> None:
         kind = view.kind
-        if kind == "refusal.aggregate":
-            self.unidentified += view.count or len(view.request_ids)
+        v2 = view if isinstance(view, AuditRecord) else None
+        if kind == "refusal.aggregate" and v2 is not None:
+            self.unidentified += v2.count or len(v2.request_ids)
         elif kind == "objection.add":
             self.objections.added += 1
         elif kind == "objection.remove":
             self.objections.removed += 1
         elif kind == "policy.load" and view.policy_version:
-            # Format 1 says decision loaded/rejected; format 2 status ok/refused.
-            ok = view.status == "ok" or view.decision == "loaded"
+            # Both formats say decision loaded/rejected (format 2 adds status 422).
+            ok = view.decision != "rejected" and view.status in (None, 200)
             self._version(view.policy_version).loads.append(
                 PolicyLoad(
                     time=view.time,
                     status="ok" if ok else "refused",
-                    actor=view.actor,
+                    actor=v2.actor if v2 is not None else None,
                     detail=view.detail,
-                    loosening=bool(view.loosening)
+                    loosening=bool(v2 is not None and v2.loosening)
                     or "LOOSENING saved outside" in (view.detail or ""),
                 )
             )

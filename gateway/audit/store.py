@@ -85,7 +85,7 @@ from sqlmodel import Field, SQLModel
 
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.merkle import Frontier
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import AnyRecord, record_subjects
 
 SQLITE_FILE = "audit.db"
 READ_CHUNK = 5000
@@ -181,9 +181,12 @@ class StoreError(Exception):
 class PreparedRecord:
     """A record ready for the writer: canonical bytes and their leaf hash."""
 
-    record: AuditRecord
+    record: AnyRecord
     body: bytes
     leaf: bytes
+    # Pseudonyms for the subject index (not in the record: format 2 names people
+    # only by commitments). Format-1 records index their ``subjects``.
+    index: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +369,7 @@ class AuditStore:
                         (seq, r.time, r.kind, r.request_id, r.client, r.purpose, r.upstream,
                          item.leaf, item.body)
                     )  # fmt: skip
-                    for tag in {subject_tag(p) for p in r.subjects}:
+                    for tag in {subject_tag(p) for p in item.index or record_subjects(r)}:
                         subjects.append((tag, seq))
                 self._insert(conn, RECORDS, RECORD_COLUMNS, rows)
                 if subjects:

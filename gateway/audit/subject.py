@@ -21,26 +21,45 @@ import msgspec
 
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.merkle import Frontier
-from gateway.audit.record import AuditRecord, decode_record
+from gateway.audit.people import PersonCommitter
+from gateway.audit.record import AnyRecord, decode_record
 from gateway.audit.store import AuditStore
 
 
 class SubjectEntry(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
-    record: AuditRecord
+    record: AnyRecord
     proof: list[str] | None = None  # hex audit path to the checkpoint's root
 
 
 def subject_records(
-    store: AuditStore, pseudonyms: Sequence[str], *, upstream: str | None = None
+    store: AuditStore,
+    pseudonyms: Sequence[str],
+    committer: PersonCommitter,
+    *,
+    upstream: str | None = None,
 ) -> Iterator[SubjectEntry]:
-    """Every record naming one of ``pseudonyms`` (optionally only for ``upstream``), by seq."""
-    wanted = set(pseudonyms)
-    for row in store.subject_records(pseudonyms, upstream=upstream):
+    """Every record naming one of ``pseudonyms`` (optionally only for ``upstream``), by seq.
+
+    The index is keyed by a 64-bit tag of the pseudonym, so each hit is confirmed
+    against the record itself: a format-1 pseudonym in clear, or a format-2
+    commitment that ``committer`` opens. Tag collisions are dropped.
+    """
+    # A format-2 outcome does not repeat its intent's upstream: it belongs to the
+    # upstream of the intent with its request id, which comes before it in the log.
+    intents: set[str] = set()
+    for row in store.subject_records(pseudonyms):
         record = decode_record(row.body)
-        # The index is keyed by a 64-bit tag of the pseudonym: drop any tag collision.
-        if wanted.intersection(record.subjects):
-            yield SubjectEntry(seq=row.seq, record=record)
+        if next(committer.find(record, pseudonyms), None) is None:
+            continue
+        if upstream is not None:
+            if record.upstream is None and record.request_id in intents:
+                pass
+            elif record.upstream != upstream:
+                continue
+            if record.kind == "lookup.intent":
+                intents.add(record.request_id)
+        yield SubjectEntry(seq=row.seq, record=record)
 
 
 def with_inclusion_proofs(

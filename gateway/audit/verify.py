@@ -71,6 +71,8 @@ from gateway.audit.export import (
     line_encoder,
 )
 from gateway.audit.merkle import Frontier, compact_range
+from gateway.audit.record import canonical_bytes as canonical_record
+from gateway.audit.record import decode_record
 from gateway.audit.signing import load_public_keys, verify_signature
 
 CODES = (
@@ -175,7 +177,16 @@ class _Verifier:
                     if seq != self.frontier.size:
                         self._out_of_place_record(number, obj, line)
                     # The record's bytes are verbatim between the prefix and the final "}".
-                    append(sha(b"\x00" + line[33 + len(str(seq)) : -1]).digest())
+                    body = line[33 + len(str(seq)) : -1]
+                    try:
+                        canonical = canonical_record(decode_record(body)) == body
+                    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                        raise _Failure("malformed", number, str(exc)) from None
+                    if not canonical:
+                        raise _Failure(
+                            "non_canonical", number, "the record is not in canonical encoding"
+                        )
+                    append(sha(b"\x00" + body).digest())
                     self.records += 1
                     self.prev_record_line = line
                     self.prev_seq = seq
@@ -503,7 +514,13 @@ def scan_block(data: bytes) -> list[_ScanItem] | None:
                     items.append((start, first, len(leaves), compact_range(first, leaves)))
                     leaves = []
                 start, first = index, seq
-            leaves.append(sha(b"\x00" + line[33 + len(str(seq)) : -1]).digest())
+            body = line[33 + len(str(seq)) : -1]
+            try:
+                if canonical_record(decode_record(body)) != body:
+                    return None
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                return None
+            leaves.append(sha(b"\x00" + body).digest())
             expected = seq + 1
         else:
             if leaves:

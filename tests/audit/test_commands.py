@@ -14,7 +14,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
-from tests.audit.support import make_record
+from tests.audit.support import make_entry
 
 
 def run(*argv: str) -> int:
@@ -36,7 +36,11 @@ def populated(data_dir: Path) -> Path:
         log = AuditLog(store, KeyRing.load(data_dir))
         await log.start()
         for i in range(20):
-            await log.append(make_record(i, subjects=[alice] if i % 5 == 0 else ()))
+            await log.append(
+                *make_entry(
+                    i, subjects=[alice] if i % 5 == 0 else (), committer=pseudonyms.committer()
+                )
+            )
         await log.close()
         store.close()
 

@@ -13,13 +13,13 @@ from gateway.audit.record import canonical_bytes
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore, PreparedRecord, StoreError, database_url
 from gateway.audit.verify import verify_export
-from tests.audit.support import export_bytes, fill, make_record
+from tests.audit.support import export_bytes, fill, make_entry
 
 
 def _prepared(i: int) -> PreparedRecord:
-    record = make_record(i, subjects=["hmac-sha256:a", "hmac-sha256:b"] if i % 2 else ())
+    record, index = make_entry(i, subjects=["hmac-sha256:a", "hmac-sha256:b"] if i % 2 else ())
     body = canonical_bytes(record)
-    return PreparedRecord(record, body, leaf_hash(body))
+    return PreparedRecord(record, body, leaf_hash(body), index)
 
 
 def _exercise(store: AuditStore) -> None:

@@ -17,7 +17,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import CODES, VerifyResult, verify_export
-from tests.audit.support import export_bytes, fill
+from tests.audit.support import export_bytes, fill, make_record_v1
 
 Lines = list[bytes]
 
@@ -310,3 +310,49 @@ def test_export_file_path(export: bytes, keyring: KeyRing, tmp_path: Path) -> No
     path = tmp_path / "audit.jsonl"
     path.write_bytes(export)
     assert verify_export(path, keyring.public_pems(), progress=False).ok
+
+
+def test_log_of_both_record_formats_verifies(tmp_path: Path, keyring: KeyRing) -> None:
+    """Records of format 1, written before format 2, verify beside format-2 records."""
+
+    async def scenario(store: AuditStore) -> None:
+        log = AuditLog(store, keyring)
+        await log.start()
+        for i in range(5):
+            await log.append(make_record_v1(i))
+        await fill(log, 5, start=5)
+        await log.close()
+
+    store = AuditStore.open(data_dir=tmp_path)
+    try:
+        asyncio.run(scenario(store))
+        data = export_bytes(store, keyring)
+    finally:
+        store.close()
+    assert b'"record":{"kind":' in data
+    assert b'"record":{"v":2,' in data
+    result = verify_export([data], keyring.public_keys)
+    assert result.ok, str(result)
+    assert result.records == 10
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        pytest.param(b'"record":{"v":2,', b'"record":{"v":2 ,', id="format-2-whitespace"),
+        pytest.param(
+            b'"record":{"v":2,"kind":"lookup",',
+            b'"record":{"v":2,"kind":"lookup","rules":[],',
+            id="format-2-default-encoded",
+        ),
+    ],
+)
+def test_non_canonical_format_2_record_is_reported(
+    export: bytes, keyring: KeyRing, old: bytes, new: bytes
+) -> None:
+    """A format-2 record must be its own canonical encoding (defaults omitted)."""
+    tampered = export.replace(old, new, 1)
+    assert tampered != export
+    result = verify_export([tampered], keyring.public_keys)
+    assert not result.ok
+    assert result.code in {"non_canonical", "malformed"}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.audit.log import AuditLog
-from gateway.audit.record import AuditRecord
+from gateway.audit.people import PersonCommitter
+from gateway.audit.record import AnyRecord, AuditRecord, AuditRecordV1, PersonRef
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 
@@ -142,8 +143,17 @@ def _rfc3339(t: float) -> str:
     return f"{_time.strftime('%Y-%m-%dT%H:%M:%S', _time.gmtime(second))}.{micros:06d}Z"
 
 
-def records(p: Planned) -> Iterator[AuditRecord]:
-    """The records the gateway writes for ``p``, as format 1 does today."""
+COMMITTER = PersonCommitter(bytes(range(32)))
+AGGREGATE = 5  # unidentified refusals per refusal.aggregate record, in format 2
+
+
+def format_1(p: Planned) -> bool:
+    """The first quarter of the month was written before format 2 (old policy version)."""
+    return p.policy_version == OLD_VERSION
+
+
+def records_v1(p: Planned) -> Iterator[AuditRecordV1]:
+    """The records a format-1 gateway wrote for ``p``: every field in both phases."""
     common = dict(
         request_id=p.request_id,
         client=p.client,
@@ -156,15 +166,15 @@ def records(p: Planned) -> Iterator[AuditRecord]:
         policy_version=p.policy_version,
     )
     if p.calls_vendor:
-        yield AuditRecord(kind="lookup.intent", time=p.time, decision="allow", **common)  # type: ignore[arg-type]
+        yield AuditRecordV1(kind="lookup.intent", time=p.time, decision="allow", **common)  # type: ignore[arg-type]
         if p.unfinished:
             return
-    yield AuditRecord(
+    yield AuditRecordV1(
         kind="lookup",
-        time=p.time[:-2] + "9Z" if p.calls_vendor else p.time,
+        time=_outcome_time(p),
         decision=p.decision,
         outcome=p.outcome,
-        upstream_status={"throttled": 429, "error": 502}.get(p.outcome or "", p.upstream_status),
+        upstream_status=_vendor_status(p),
         status=p.status,
         latency_ms=12.5,
         error=p.error,
@@ -173,23 +183,117 @@ def records(p: Planned) -> Iterator[AuditRecord]:
     )
 
 
-def policy_loads() -> list[AuditRecord]:
+def _outcome_time(p: Planned) -> str:
+    return p.time[:-2] + "9Z" if p.calls_vendor else p.time
+
+
+def _vendor_status(p: Planned) -> int | None:
+    return {"throttled": 429, "error": 502}.get(p.outcome or "", p.upstream_status)
+
+
+def records_v2(p: Planned) -> Iterator[AuditRecord]:
+    """The records the gateway writes today (format 2, as gateway/proxy.py does): the
+    intent holds what is known before the call, the outcome only what the call added."""
+    subjects = list(p.subjects) if p.client else []
+
+    def people(outcome: str | None) -> list[PersonRef]:
+        return COMMITTER.refs(p.request_id, ((s, "asked", outcome) for s in subjects))
+
+    intent_fields = dict(
+        client=p.client,
+        client_kind=p.client_kind,
+        purpose=p.purpose,
+        upstream=p.upstream,
+        route=p.route,
+        rules=list(p.rules),
+        policy_version=p.policy_version,
+    )
+    outcome_fields = dict(
+        outcome=p.outcome,
+        upstream_status=_vendor_status(p),
+        status=p.status,
+        latency_ms=12.5,
+        error=p.error,
+        detail=p.detail,
+    )
+    if p.calls_vendor:
+        yield AuditRecord(kind="lookup.intent", time=p.time, request_id=p.request_id,
+                          people=people(None), decision="allow", **intent_fields)  # type: ignore[arg-type]  # fmt: skip
+        if p.unfinished:
+            return
+        yield AuditRecord(kind="lookup", time=_outcome_time(p), request_id=p.request_id,
+                          people=people(p.outcome), decision=p.decision, **outcome_fields)  # type: ignore[arg-type]  # fmt: skip
+        return
+    yield AuditRecord(kind="lookup", time=p.time, request_id=p.request_id,
+                      people=people(p.outcome), decision=p.decision,
+                      **intent_fields, **outcome_fields)  # type: ignore[arg-type]  # fmt: skip
+
+
+def aggregates(planned: list[Planned]) -> Iterator[AuditRecord]:
+    """Format-2 refusals before any client was identified: one record per few."""
+    refused = [p for p in planned if p.client is None and not format_1(p)]
+    for first in range(0, len(refused), AGGREGATE):
+        group = refused[first : first + AGGREGATE]
+        yield AuditRecord(
+            kind="refusal.aggregate",
+            time=group[0].time,
+            request_id=group[0].request_id,
+            source="hmac-sha256:" + "5" * 64,
+            error="auth.invalid_key",
+            status=401,
+            count=len(group),
+            request_ids=[p.request_id for p in group],
+            until=group[-1].time,
+        )
+
+
+OBJECTIONS = 3
+
+
+def objections() -> list[AuditRecord]:
+    """A few objections recorded by staff (format 2)."""
     return [
-        AuditRecord(kind="policy.load", time=_rfc3339(BASE - 60), request_id="load-1",
-                    decision="loaded", policy_version=OLD_VERSION, detail="digest 1"),
-        AuditRecord(kind="policy.load", time=_rfc3339(BASE + 5 * 86400), request_id="load-2",
-                    decision="loaded", policy_version=NEW_VERSION, detail="digest 2"),
+        AuditRecord(kind="objection.add", time=_rfc3339(BASE + 7 * 86400 + i * 3600),
+                    request_id=f"obj{i:029x}", actor="cli:dana", role="policy",
+                    people=COMMITTER.refs(f"obj{i:029x}", [(f"hmac-sha256:{i:064x}", "asked",
+                                                            "objected")]), count=1)
+        for i in range(OBJECTIONS)
+    ]  # fmt: skip
+
+
+def all_records(planned: list[Planned]) -> list[AnyRecord]:
+    """Every record of the month, in time order."""
+    out: list[AnyRecord] = [*policy_loads(), *objections(), *aggregates(planned)]
+    for p in planned:
+        if format_1(p):
+            out.extend(records_v1(p))
+        elif p.client is not None:
+            out.extend(records_v2(p))
+    out.sort(key=lambda r: r.time)
+    return out
+
+
+def policy_loads() -> list[AnyRecord]:
+    return [
+        AuditRecordV1(kind="policy.load", time=_rfc3339(BASE - 60), request_id="load-1",
+                      decision="loaded", policy_version=OLD_VERSION, detail="digest 1"),
+        AuditRecord(kind="policy.load", time=_rfc3339(BASE + 5 * 86400), request_id="2" * 32,
+                    decision="loaded", policy_version=NEW_VERSION, actor="cli:dana",
+                    detail="applied by cli:dana; rule added: x"),
     ]  # fmt: skip
 
 
 async def write_traffic(log: AuditLog, planned: list[Planned], *, per_round: int = 2048) -> int:
-    """Append every record of ``planned`` (and two policy loads) in time order; return
-    the number of records."""
-    all_records = [*policy_loads(), *(r for p in planned for r in records(p))]
-    all_records.sort(key=lambda r: r.time)
-    for first in range(0, len(all_records), per_round):
-        await asyncio.gather(*(log.append(r) for r in all_records[first : first + per_round]))
-    return len(all_records)
+    """Append every record of the month through ``log``, in time order, each with the
+    pseudonyms it concerns for the subject index; return the number of records."""
+    records = all_records(planned)
+    subjects = {p.request_id: list(p.subjects) for p in planned if p.client is not None}
+    for first in range(0, len(records), per_round):
+        await asyncio.gather(
+            *(log.append(r, subjects.get(r.request_id, []) if isinstance(r, AuditRecord) else ())
+              for r in records[first : first + per_round])
+        )  # fmt: skip
+    return len(records)
 
 
 def build_log(data_dir: Path, planned: list[Planned]) -> int:

@@ -20,7 +20,7 @@ import httpx
 import msgspec
 
 from gateway.app import GatewayState, create_app
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import AuditRecord, joined_lookup
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import VerifyResult, verify_export
 from gateway.settings import Limits, Settings
@@ -102,6 +102,14 @@ class ExportedLog(msgspec.Struct, frozen=True):
 
     def kinds_of(self, request_id: str) -> list[str]:
         return [r.kind for r in self.by_request(request_id)]
+
+    def lookup(self, request_id: str) -> AuditRecord:
+        """The lookup as one record: its outcome joined to its intent, if it has one."""
+        records = self.by_request(request_id)
+        if len(records) == 2 and records[0].kind == "lookup.intent":
+            return joined_lookup(records[0], records[1])
+        (record,) = records
+        return record
 
 
 class _Line(msgspec.Struct):

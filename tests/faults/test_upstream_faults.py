@@ -48,7 +48,7 @@ def _assert_audited(base_url: str, request_id: str, status: int, error: str) -> 
     assert log.result.ok, str(log.result)
     records = log.by_request(request_id)
     assert [r.kind for r in records] == ["lookup.intent", "lookup"]
-    outcome = records[-1]
+    outcome = log.lookup(request_id)
     assert (outcome.status, outcome.error) == (status, error)
     assert (outcome.client, outcome.upstream, outcome.route) == (
         "crm",
