@@ -98,6 +98,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     ap.set_defaults(func=cmd_apply)
 
+    ro = sub.add_parser(
+        "ropa", help="the GDPR Art. 30 record of processing, generated from the policy file"
+    )
+    ro.add_argument("file", nargs="?", type=Path, default=Path("policies.yaml"))
+    ro.add_argument("--format", choices=("md", "html", "csv"), default="md")
+    ro.add_argument("--out", type=Path, help="write here instead of standard output")
+    ro.set_defaults(func=cmd_ropa)
+
 
 def _compile(path: Path) -> CompiledPolicy | None:
     try:
@@ -254,4 +262,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
         f"\napplied {new.version} to {target} as {actor}; a running gateway loads it "
         "within a second or two (GET /admin/policy shows the active version)"
     )
+    return 0
+
+
+def cmd_ropa(args: argparse.Namespace) -> int:
+    from gateway.policies.ropa import render
+
+    policy = _compile(args.file)
+    if policy is None:
+        return 1
+    text = render(policy, args.format)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from gateway.policies.apply import write_atomically
+
+        write_atomically(args.out, text.encode())
+        print(f"wrote {args.out}", file=sys.stderr)
+    if policy.policy.controller is None:
+        print("note: the policy has no 'controller' block; Art. 30 needs one", file=sys.stderr)
     return 0
