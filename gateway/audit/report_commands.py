@@ -92,6 +92,48 @@ def register(audit_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     report.set_defaults(func=cmd_report)
 
+    attest = audit_sub.add_parser(
+        "attest",
+        help="a signed attestation for a vendor: use of its API against its terms",
+        description="Lookups by purpose, every refusal under the vendor's banned purposes, "
+        "and peak calls per second and per day against the terms, for one upstream and "
+        "period; no people. Signed with the log's key and bound to a checkpoint.",
+    )
+    attest.add_argument("--upstream", required=True, help="upstream name, e.g. klout")
+    attest.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the gateway's data dir (keys and embedded store; default ./var)",
+    )
+    attest.add_argument(
+        "--database-url",
+        default=os.environ.get("GATEWAY_DATABASE_URL"),
+        help="PostgreSQL URL of a shared audit store",
+    )
+    attest.add_argument("--since", type=parse_moment, help="from: 30d, 24h, 2w or a date/time")
+    attest.add_argument("--until", type=parse_moment, help="before this date/time")
+    attest.add_argument(
+        "--policies",
+        type=Path,
+        default=Path("policies.yaml"),
+        help="the policy file with the vendor's terms (default ./policies.yaml)",
+    )
+    attest.add_argument("--out", type=Path, help="write here (default: standard output)")
+    attest.set_defaults(func=cmd_attest)
+
+    check = audit_sub.add_parser(
+        "verify-attestation", help="check a terms attestation offline against pinned keys"
+    )
+    check.add_argument("file", type=Path)
+    check.add_argument(
+        "--public-key",
+        type=Path,
+        action="append",
+        required=True,
+        help="PEM file with the log's public key(s) (repeatable)",
+    )
+    check.set_defaults(func=cmd_verify_attestation)
+
 
 def _fail(message: str) -> int:
     print(message, file=sys.stderr)
@@ -231,3 +273,66 @@ def summary(report: Report) -> str:
             + (f"; last checkpoint size {cp.size:,} at {human_time(cp.time)}" if cp else "")
         )
     return "\n".join(lines)
+
+
+def cmd_attest(args: argparse.Namespace) -> int:
+    from gateway.audit.attest import attest_store, encode_attestation
+    from gateway.policies.compile import compile_policy
+    from gateway.policies.loader import PolicyError, read_policy
+
+    try:
+        policy = compile_policy(read_policy(args.policies))
+    except PolicyError as exc:
+        return _fail("; ".join(exc.lines()))
+    if args.upstream not in policy.upstreams:
+        return _fail(f"no upstream {args.upstream!r} in {args.policies}")
+    try:
+        store = open_store(args)
+        try:
+            attestation = attest_store(
+                store,
+                KeyRing.load(_data_dir(args)),
+                upstream=args.upstream,
+                policy=policy,
+                since=args.since,
+                until=args.until,
+            )
+        finally:
+            store.close()
+    except SigningKeyError as exc:
+        return _fail(f"{exc.code}: {exc.detail}")
+    except (StoreError, OSError) as exc:
+        return _fail(f"audit.unavailable: {exc}")
+    data = encode_attestation(attestation)
+    if args.out is None:
+        sys.stdout.buffer.write(data)
+    else:
+        _write(args.out, data)
+    a = attestation
+    print(
+        f"{a.upstream}: {a.lookups:,} lookups, {a.vendor_calls:,} vendor calls, "
+        f"{len(a.refusals_under_banned_purposes):,} refusals under banned purposes, peak "
+        f"{a.peak_per_second.calls}/s (terms {a.peak_per_second.limit}) and "
+        f"{a.peak_per_day.calls:,}/day (terms {a.peak_per_day.limit}); within terms: "
+        f"{'yes' if a.within_terms else 'NO'}; checkpoint size {a.checkpoint.size}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_verify_attestation(args: argparse.Namespace) -> int:
+    from gateway.audit.attest import verify_attestation
+
+    try:
+        pem = b"".join(Path(p).read_bytes() for p in args.public_key)
+        data = args.file.read_bytes()
+    except OSError as exc:
+        return _fail(f"cannot read {exc.filename}: {exc.strerror}")
+    try:
+        check = verify_attestation(data, pem)
+    except ValueError as exc:
+        return _fail(f"bad public key file: {exc}")
+    if not check.ok:
+        return _fail(str(check))
+    print(str(check))
+    return 0
