@@ -12,12 +12,14 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import msgspec
 
 from gateway.audit.export import export_jsonl, fresh_checkpoint
 from gateway.audit.lookup_csv import write_csv
 from gateway.audit.lookups import iter_store_records
+from gateway.audit.progress import LineCounter, ProgressBar, counted
 from gateway.audit.pseudonym import KEY_FILE, Pseudonymizer
 from gateway.audit.signing import KeyRing, SigningKeyError
 from gateway.audit.store import AuditStore, StoreError
@@ -38,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--since", type=_timestamp, help="records at or after this time (RFC 3339)")
     export.add_argument("--until", type=_timestamp, help="records before this time (RFC 3339)")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
     export.add_argument(
         "--records",
         action="store_true",
@@ -143,28 +151,37 @@ def cmd_export(args: argparse.Namespace) -> int:
                     "note: CSV carries no hashes or signatures; it cannot be verified",
                     file=sys.stderr,
                 )
-                rows = iter_store_records(store)
+                bar = _export_bar(args, store)
+                rows = counted(iter_store_records(store), bar)
                 options = {"raw_records": args.records, "since": args.since, "until": args.until}
                 if str(args.out) == "-":
                     count = write_csv(rows, sys.stdout, **options)
                 else:
                     with args.out.open("w", newline="", encoding="utf-8") as text_out:
                         count = write_csv(rows, text_out, **options)
+                if bar is not None:
+                    bar.finish()
                 what = "records" if args.records else "lookups"
                 print(f"exported {count} {what} to {args.out}", file=sys.stderr)
                 return 0
             keyring = KeyRing.load(args.data_dir)
+            bar = _export_bar(args, store)
             if str(args.out) == "-":
+                target: IO[bytes] = sys.stdout.buffer
                 seal = export_jsonl(
-                    store, keyring, sys.stdout.buffer, since=args.since, until=args.until
+                    store, keyring, _watched(target, bar), since=args.since, until=args.until
                 )
             else:
                 tmp = args.out.with_name(args.out.name + ".partial")
                 with tmp.open("wb") as out:
-                    seal = export_jsonl(store, keyring, out, since=args.since, until=args.until)
+                    seal = export_jsonl(
+                        store, keyring, _watched(out, bar), since=args.since, until=args.until
+                    )
                     out.flush()
                     os.fsync(out.fileno())
                 tmp.replace(args.out)
+            if bar is not None:
+                bar.finish()
         finally:
             store.close()
     except SigningKeyError as exc:
@@ -177,6 +194,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _export_bar(args: argparse.Namespace, store: AuditStore) -> ProgressBar | None:
+    force = {"auto": None, "always": True, "never": False}[args.progress]
+    return ProgressBar.for_terminal(store.head().size, "exporting", force=force)
+
+
+def _watched(out: IO[bytes], bar: ProgressBar | None) -> IO[bytes]:
+    """``out``, advancing ``bar`` per line written (about one per record)."""
+    return out if bar is None else LineCounter(out, bar)  # type: ignore[return-value]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

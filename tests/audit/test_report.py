@@ -407,3 +407,22 @@ def test_report_csv_matches_export_csv(
                  "--out", str(b)]) == 0  # fmt: skip
     assert a.read_bytes() == b.read_bytes()
     assert io.StringIO(a.read_text()).readline().startswith("request_id,")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_export_shows_a_progress_bar_only_when_asked_or_on_a_terminal(
+    month: tuple[Path, list[Planned], int],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
+) -> None:
+    """Not a terminal (as here): no bar. ``--progress always``: a bar that reaches 100%."""
+    data_dir, _, _ = month
+    out = tmp_path / f"a.{fmt}"
+    base = ["audit", "export", "--data-dir", str(data_dir), "--format", fmt, "--out", str(out)]
+    assert main(base) == 0
+    assert "exporting [" not in capsys.readouterr().err
+    assert main([*base, "--progress", "always"]) == 0
+    err = capsys.readouterr().err
+    assert "exporting [" in err
+    assert "100%" in err
