@@ -1,6 +1,8 @@
 """``GET /admin/report`` and ``POST /admin/policy/replay``: the compliance views.
 
-Both sit under ``/admin`` with the same admin guard as the other admin routes.
+Both sit under ``/admin`` with the admin guard: the report needs the ``auditor``
+role and is on the record as ``admin.report``; replay needs ``policy`` and is on
+the record as ``admin.replay`` (with the versions compared and the verdict).
 The report is the one ``gateway audit report`` writes (:mod:`gateway.audit.report`),
 built from a verified export of the window; the page is self-contained and its
 ``Content-Security-Policy`` forbids loading anything from anywhere.
@@ -20,14 +22,16 @@ from gateway.admin import (
     SECURITY,
     _only_query,
     _unavailable,
+    admin_act,
     admin_guard,
+    audit_admin_act,
     gateway_state,
     request_id_middleware,
 )
 from gateway.audit.lookups import iter_store_records
 from gateway.audit.report import render_html, render_json, report_from_store
-from gateway.errors import BadRequest
-from gateway.policies.compile import compile_policy
+from gateway.errors import BadRequest, GatewayError
+from gateway.policies.compile import CompiledPolicy, compile_policy
 from gateway.policies.loader import PolicyError, parse_policy
 from gateway.policies.replay import ReplaySummary, replay
 
@@ -46,6 +50,7 @@ REPORT_CSP = (
     operation_id="auditReport",
     responses=ADMIN_ERRORS,
     media_type="text/html",
+    opt=admin_act("report", "auditor"),
 )
 async def audit_report(
     request: Request[Any, Any, Any],
@@ -60,10 +65,16 @@ async def audit_report(
     """Lookups (one per request), decisions, denials by rule, client and purpose, hiring
     lookups blocked, neutral answers, throttling, objections, policy versions, and the
     verification of the window's export. Every figure links to its request ids."""
-    _only_query(request, {"since", "until", "format"})
     state = gateway_state(request)
-    if state.store is None or state.keyring is None or state.policy is None:
-        raise _unavailable("the audit store")
+    try:
+        _only_query(request, {"since", "until", "format"})
+        if state.store is None or state.keyring is None or state.policy is None:
+            raise _unavailable("the audit store")
+    except GatewayError as error:
+        await audit_admin_act(request, status=error.status, detail=error.code)
+        raise
+    # On the record before anything is read: who looked at the figures, for which window.
+    await audit_admin_act(request, detail=f"{format} since {since or '-'} until {until or '-'}")
     store, keyring, policy = state.store, state.keyring, state.policy.current
     report = await asyncio.to_thread(
         report_from_store,
@@ -90,6 +101,7 @@ async def audit_report(
     responses=ADMIN_ERRORS,
     status_code=200,
     request_max_body_size=1024 * 1024,
+    opt=admin_act("replay", "policy"),
 )
 async def replay_policy(
     request: Request[Any, Any, Any],
@@ -105,13 +117,31 @@ async def replay_policy(
     decided again under it and under the active policy; the answer counts what would
     change (allow→deny, deny→allow, newly neutralized, ...), by rule, client and purpose,
     with example request ids, and says whether the change loosens the policy."""
-    _only_query(request, {"since", "until"})
     state = gateway_state(request)
-    if state.store is None or state.policy is None:
-        raise _unavailable("the audit store")
+    try:
+        _only_query(request, {"since", "until"})
+        if state.store is None or state.policy is None:
+            raise _unavailable("the audit store")
+        proposed = _proposed(body)
+    except GatewayError as error:
+        await audit_admin_act(request, status=error.status, detail=error.code)
+        raise
+    store, active = state.store, state.policy.current
+    summary = await asyncio.to_thread(
+        lambda: replay(iter_store_records(store), active, proposed, since=since, until=until)
+    )
+    await audit_admin_act(
+        request,
+        detail=f"{proposed.version} against {active.version}: {summary.changed} of "
+        f"{summary.replayed} lookups would change; loosening: {summary.loosening}",
+    )
+    return summary
+
+
+def _proposed(body: bytes) -> CompiledPolicy:
     try:
         text = body.decode("utf-8")
-        proposed = compile_policy(parse_policy(text, filename="proposed.yaml"))
+        return compile_policy(parse_policy(text, filename="proposed.yaml"))
     except UnicodeDecodeError:
         raise BadRequest("the policy file is not UTF-8", code="policy.invalid") from None
     except PolicyError as exc:
@@ -119,10 +149,6 @@ async def replay_policy(
             "the proposed policy has errors: " + "; ".join(exc.lines()[:20]),
             code="policy.invalid",
         ) from None
-    store, active = state.store, state.policy.current
-    return await asyncio.to_thread(
-        lambda: replay(iter_store_records(store), active, proposed, since=since, until=until)
-    )
 
 
 report_router = Router(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +26,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.admin import admin_router, health_handlers
+from gateway.admin import ExportSlots, admin_router, health_handlers
 from gateway.admin_report import report_router
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
@@ -37,11 +36,14 @@ from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.cache import AnswerCache
 from gateway.clients import (
+    DEMO_ADMIN_ID,
     DEMO_ADMIN_TOKEN,
     DEMO_CLIENT_KEYS,
+    AdminToken,
+    AdminTokens,
     ClientKeys,
     key_hash,
-    load_admin_hashes,
+    legacy_admin_token,
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -50,6 +52,7 @@ from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder
 from gateway.proxy import Proxy
+from gateway.refusals import Refusals
 from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
@@ -73,14 +76,9 @@ class GatewayState:
         self.policy: PolicyHolder | None = None
         self.pseudonyms: Pseudonymizer | None = None
         self.request_ids = RequestIds()  # the one source of request ids in this process
-        self.admin_hashes: list[str] = []
-
-    def admin_ok(self, token: str) -> bool:
-        digest = key_hash(token)
-        ok = False
-        for known in self.admin_hashes:
-            ok |= hmac.compare_digest(known, digest)
-        return ok
+        self.admin_tokens: AdminTokens | None = None
+        self.refusals: Refusals | None = None
+        self.exports = ExportSlots(settings.limits.max_exports)
 
 
 def policy_path(settings: Settings) -> Path:
@@ -158,6 +156,18 @@ async def _start(
     backlog = OutcomeBacklog(audit)
     backlog.start()
     stack.push_async_callback(backlog.stop)
+    # Stopped before the backlog and the log (the stack unwinds in reverse), so the
+    # aggregates still open at shutdown are written.
+    refusals = Refusals(
+        audit,
+        backlog,
+        pseudonyms.derive(b"refusal-source"),
+        state.request_ids.next_id,
+        limits=settings.refusals,
+    )
+    refusals.start()
+    stack.push_async_callback(refusals.stop)
+    state.refusals = refusals
     state.store, state.audit, state.keyring, state.pseudonyms = store, audit, keyring, pseudonyms
 
     pending_loads: set[asyncio.Task[None]] = set()
@@ -222,14 +232,19 @@ async def _start(
     stack.push_async_callback(policy.stop)
     state.policy = policy
 
-    state.admin_hashes = [*load_admin_hashes(data_dir), *settings.admin_token_hashes]
+    # Tokens issued with `gateway admin-token` are re-read while running; these are fixed.
+    fixed_admins = [legacy_admin_token(digest) for digest in settings.admin_token_hashes]
+    if settings.demo:
+        fixed_admins.append(
+            AdminToken(id=DEMO_ADMIN_ID, role="operator", key_hash=key_hash(DEMO_ADMIN_TOKEN))
+        )
+    state.admin_tokens = AdminTokens(data_dir, fixed=fixed_admins)
 
     demo_credentials: dict[str, str] = {}
     overrides = dict(settings.upstream_overrides)
     if settings.demo:
         from gateway.demo.upstream import DEMO_UPSTREAM_KEY
 
-        state.admin_hashes.append(key_hash(DEMO_ADMIN_TOKEN))
         if "klout" not in overrides:
             url = await _start_demo_upstream(stack, settings.demo_upstream_port)
             overrides["klout"] = url
@@ -280,6 +295,7 @@ async def _start(
         if settings.cache_entries > 0
         else None,
         demo_credentials=demo_credentials,
+        refusals=refusals,
     )
     state.runtime = runtime
     holder["proxy"] = Proxy(runtime)
@@ -324,7 +340,8 @@ async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> s
 
 
 def _problem_response(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    request_id = request.headers.get("x-request-id-internal")
+    # The id the gateway gave this request (admin middleware); never a caller's header.
+    request_id = request.scope.get("state", {}).get("request_id")
     return Response(
         content=problem_body(exc, request_id),
         status_code=exc.status,

@@ -195,7 +195,7 @@ def cmd_demo_upstream(args: argparse.Namespace) -> int:
 def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("clients", help="manage client systems and their keys")
     csub = p.add_subparsers(dest="clients_command", required=True)
-    add = csub.add_parser("add", help="declare a client (if new) and print a new key once")
+    add = csub.add_parser("add", help="declare a client (if new) and print its first key once")
     add.add_argument("id")
     add.add_argument("--kind", required=True, help="hr, crm, support, marketing, ...")
     add.add_argument(
@@ -205,32 +205,134 @@ def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="purposes",
         help="a purpose it is registered for (repeat for several)",
     )
-    add.add_argument("--default-purpose")
+    add.add_argument(
+        "--default-purpose",
+        help="the purpose of calls that send no X-Purpose (default: the only --purpose, "
+        "when there is one)",
+    )
     add.add_argument("--policies", type=Path, default=Path("policies.yaml"))
     add.add_argument("--data-dir", type=Path, default=Path("var"))
     add.set_defaults(func=cmd_clients_add)
 
+    listing = csub.add_parser("list", help="every client, its purposes and its keys (never a key)")
+    listing.add_argument("--policies", type=Path, default=Path("policies.yaml"))
+    listing.add_argument("--data-dir", type=Path, default=Path("var"))
+    listing.set_defaults(func=cmd_clients_list)
+
+    revoke = csub.add_parser("revoke", help="make every key of a client stop working")
+    revoke.add_argument("id")
+    revoke.add_argument("--data-dir", type=Path, default=Path("var"))
+    revoke.set_defaults(func=cmd_clients_revoke)
+
+    rotate = csub.add_parser(
+        "rotate-key", help="print a new key for a client once; its old keys stop working"
+    )
+    rotate.add_argument("id")
+    rotate.add_argument("--policies", type=Path, default=Path("policies.yaml"))
+    rotate.add_argument("--data-dir", type=Path, default=Path("var"))
+    rotate.set_defaults(func=cmd_clients_rotate_key)
+
+
+#: How soon a running gateway sees a changed key file (clients.ClientKeys' refresh).
+PICKED_UP = "a running gateway picks this up within a second"
+
 
 def cmd_clients_add(args: argparse.Namespace) -> int:
-    from gateway.clients import declare_client, issue_client_key
+    from gateway.clients import ClientKeyExists, declare_client, issue_client_key
     from gateway.policies.loader import PolicyError
 
     try:
         declared = declare_client(
             args.policies, args.id, args.kind, args.purposes, args.default_purpose
         )
+        key = issue_client_key(args.data_dir, args.id)
     except PolicyError as exc:
         print("gateway clients add: the policy would not be valid:", file=sys.stderr)
         for line in exc.lines():
             print(f"  {line}", file=sys.stderr)
         return 1
-    except ValueError as exc:
+    except (ClientKeyExists, ValueError) as exc:
         print(f"gateway clients add: {exc}", file=sys.stderr)
         return 1
-    key = issue_client_key(args.data_dir, args.id)
     if declared:
         print(f"declared client {args.id!r} in {args.policies}")
     print(f"key for {args.id!r} (shown once; only its hash is stored in {args.data_dir}):")
+    print(key)
+    return 0
+
+
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    from gateway.clients import fingerprint, load_issued_keys
+    from gateway.policies.loader import PolicyError, parse_policy
+
+    try:
+        text = args.policies.read_text(encoding="utf-8")
+        clients = parse_policy(text, filename=str(args.policies)).policy.clients
+        issued = load_issued_keys(args.data_dir)
+    except (OSError, PolicyError, ValueError) as exc:
+        print(f"gateway clients list: {exc}", file=sys.stderr)
+        return 1
+    rows = [("CLIENT", "KIND", "PURPOSES", "KEY", "STATE", "SINCE")]
+    for client in clients:
+        purposes = ",".join(f"{p}*" if p == client.default_purpose else p for p in client.purposes)
+        keys = [k for k in issued.keys if k.client == client.id]
+        if client.key_hash:
+            rows.append((client.id, client.kind, purposes, fingerprint(client.key_hash),
+                         "in-policy", "-"))  # fmt: skip
+        for k in keys:
+            state, since = ("revoked", k.revoked) if k.revoked else ("active", k.created)
+            rows.append((client.id, client.kind, purposes, fingerprint(k.key_hash), state, since))
+        if not keys and not client.key_hash:
+            rows.append((client.id, client.kind, purposes, "-", "no-key", "-"))
+    declared = {c.id for c in clients}
+    for k in issued.keys:
+        if k.client not in declared:
+            rows.append((k.client, "?", "(not in the policy)", fingerprint(k.key_hash),
+                         "revoked" if k.revoked else "orphan", k.revoked or k.created))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    print("(* default purpose; KEY is the start of the key's SHA-256, never the key)")
+    return 0
+
+
+def cmd_clients_revoke(args: argparse.Namespace) -> int:
+    from gateway.clients import fingerprint, revoke_client_keys
+
+    revoked = revoke_client_keys(args.data_dir, args.id)
+    if not revoked:
+        print(f"gateway clients revoke: client {args.id!r} has no working key", file=sys.stderr)
+        return 1
+    for k in revoked:
+        print(f"revoked key {fingerprint(k.key_hash)} of {args.id!r}")
+    print(f"({PICKED_UP})")
+    return 0
+
+
+def cmd_clients_rotate_key(args: argparse.Namespace) -> int:
+    from gateway.clients import fingerprint, rotate_client_key
+    from gateway.policies.loader import PolicyError, parse_policy
+
+    try:
+        text = args.policies.read_text(encoding="utf-8")
+        clients = parse_policy(text, filename=str(args.policies)).policy.clients
+    except (OSError, PolicyError) as exc:
+        print(f"gateway clients rotate-key: {exc}", file=sys.stderr)
+        return 1
+    if all(c.id != args.id for c in clients):
+        print(
+            f"gateway clients rotate-key: no client {args.id!r} in {args.policies} "
+            "(declare it with `gateway clients add`)",
+            file=sys.stderr,
+        )
+        return 1
+    key, revoked = rotate_client_key(args.data_dir, args.id)
+    for k in revoked:
+        print(f"revoked key {fingerprint(k.key_hash)} of {args.id!r}")
+    print(f"new key for {args.id!r} (shown once; only its hash is stored in {args.data_dir};")
+    print(f"{PICKED_UP}):")
     print(key)
     return 0
 
@@ -283,7 +385,16 @@ def cmd_objections_add(args: argparse.Namespace) -> int:
 
 
 def _admin_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway.clients import DEFAULT_ROLE, ROLES
+
     p = sub.add_parser("admin-token", help="create an admin token for /admin (shown once)")
+    p.add_argument(
+        "--role",
+        choices=ROLES,
+        default=DEFAULT_ROLE,
+        help="auditor: export, subject access, reports; policy: validate, explain, replay, "
+        f"apply; operator: everything (default: {DEFAULT_ROLE})",
+    )
     p.add_argument("--data-dir", type=Path, default=Path("var"))
     p.set_defaults(func=cmd_admin_token)
 
@@ -291,8 +402,11 @@ def _admin_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def cmd_admin_token(args: argparse.Namespace) -> int:
     from gateway.clients import issue_admin_token
 
-    token = issue_admin_token(args.data_dir)
-    print(f"admin token (shown once; only its hash is stored in {args.data_dir}):")
+    entry, token = issue_admin_token(args.data_dir, args.role)
+    print(
+        f"admin token {entry.id}, role {entry.role} (shown once; only its hash is stored in "
+        f"{args.data_dir};\n{PICKED_UP}):"
+    )
     print(token)
     return 0
 

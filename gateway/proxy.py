@@ -25,7 +25,6 @@ Guarantees this module keeps, and where:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
 import time
@@ -88,6 +87,7 @@ class _Lookup:
         "intent_committed",
         "outcome",
         "purpose",
+        "refused_stranger",
         "request_id",
         "route",
         "rules",
@@ -100,6 +100,7 @@ class _Lookup:
 
     def __init__(self) -> None:
         self.intent_committed = False
+        self.refused_stranger = False
         self.request_id: str | None = None
         self.client: str | None = None
         self.client_kind: str | None = None
@@ -163,6 +164,11 @@ class Proxy:
         try:
             answer, extra_headers = await self._handle(scope, receive, request_id, lookup)
         except GatewayError as error:
+            if lookup.client is None and rt.refusals is not None:
+                # Refused before any client was identified: not a lookup about anyone.
+                # Limited per source and recorded in aggregates (gateway/refusals.py).
+                error = rt.refusals.refuse(_peer(scope), request_id, error)
+                lookup.refused_stranger = True
             lookup.status = error.status
             lookup.error = error.code
             lookup.decision = lookup.decision or "error"
@@ -178,13 +184,16 @@ class Proxy:
                 # as soon as the store takes records again (no score was returned).
                 lookup.decision = "error"
                 rt.backlog.add(self._record("lookup", request_id, lookup, started), lookup.subjects)
-            if not isinstance(error, AuditUnavailable):
+            if not isinstance(error, AuditUnavailable) and not lookup.refused_stranger:
                 # Every lookup attempt is audited, refused ones too (unknown key,
                 # bad path): each X-Request-Id a caller holds has its record. The
-                # error is already the answer; a failed commit here changes nothing
-                # the caller sees (no score is in it).
-                with contextlib.suppress(AuditUnavailable):
+                # error is already the answer and holds no score, so a store that
+                # cannot take the record now gets it from the backlog later.
+                try:
                     await self._audit("lookup", request_id, lookup, started)
+                except AuditUnavailable:
+                    record = self._record("lookup", request_id, lookup, started)
+                    rt.backlog.add(record, lookup.subjects)
             rt.metrics.lookup(lookup, time.perf_counter() - started)
             await _respond(send, error.status, headers, body)
             return
@@ -705,6 +714,11 @@ def _denied(decision: Decision) -> PolicyDenied:
             "policy_version": decision.policy_version,
         },
     )
+
+
+def _peer(scope: _Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _merge_rules(lookup: _Lookup, decision: Decision) -> None:

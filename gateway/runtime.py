@@ -24,6 +24,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.limits import Limiter
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.model import Decision, LookupContext, Upstream
+from gateway.refusals import Refusals
 from gateway.requestid import RequestIds
 from gateway.settings import Settings
 from gateway.telemetry import Metrics
@@ -153,6 +154,7 @@ class GatewayRuntime:
         tracer: trace.Tracer | None = None,
         cache: AnswerCache | None = None,
         demo_credentials: dict[str, str] | None = None,
+        refusals: Refusals | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -168,6 +170,8 @@ class GatewayRuntime:
         self.client_keys = client_keys
         self.metrics = metrics
         self.cache = cache
+        # Refusals of requests no client was identified for (gateway/refusals.py).
+        self.refusals = refusals
         self.tracer = tracer or trace.NoOpTracer()
         # Spans cost microseconds even when no-op: the hot path skips them when off.
         self.tracing = tracer is not None and not isinstance(tracer, trace.NoOpTracer)

@@ -6,16 +6,30 @@ header fields. :class:`GuardedHttpToolsProtocol` adds both at the connection, so
 they hold for proxied lookups and admin routes alike, before any application code
 runs (reliability.md catalogue 1 #25 and #29; nginx ``client_header_timeout``,
 ``large_client_header_buffers``; Envoy ``request_headers_timeout``).
+
+Connections are limited per source as well as in total. uvicorn's own
+``limit_concurrency`` answered every request, ``/healthz`` included, with a
+plain-text 503 once 2,048 connections were open, so one source holding silent
+connections took the service and its health checks down. Here a source past
+``max_connections_per_source`` gets a problem+json 503 ``connection.limited`` on
+each new connection; past ``max_connections`` in total, requests get 503
+``gateway.overloaded``, except ``/healthz`` and ``/readyz``, which are always
+answered. Both answers carry a request id, recorded in the refusal aggregates
+(:mod:`gateway.refusals`) when the gateway app is what is served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.requestid import RequestIds
+from gateway.settings import Limits
 
 # Callers are enterprise systems on a company network sending small requests: a few
 # seconds is generous, and short deadlines keep stalled sockets from piling up.
@@ -24,26 +38,34 @@ BODY_TIMEOUT = 5.0  # seconds from the end of headers to the end of the body
 MAX_HEADER_FIELDS = 100  # Envoy's default
 MAX_HEADER_BYTES = 32 * 1024  # nginx: 4 buffers of 8k
 MAX_TARGET_BYTES = 16 * 1024  # the request target; the proxy's own limit is lower
+LINGER = 1.0  # seconds a refused connection stays half-open so its answer is read
 
 
-def _response(status: int, code: str, detail: str) -> bytes:
+def _response(status: int, code: str, detail: str, request_id: str | None = None) -> bytes:
     """A complete problem+json answer written straight to the socket, then closed."""
     phrase = HTTPStatus(status).phrase
-    body = json.dumps(
-        {
-            "type": f"urn:score-gateway:problem:{code}",
-            "title": phrase,
-            "status": status,
-            "code": code,
-            "detail": detail,
-        },
-        separators=(",", ":"),
-    ).encode()
+    problem: dict[str, object] = {
+        "type": f"urn:score-gateway:problem:{code}",
+        "title": phrase,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    extra = ""
+    if request_id is not None:
+        problem["request_id"] = request_id
+        extra = f"x-request-id: {request_id}\r\nretry-after: 1\r\n"
+    body = json.dumps(problem, separators=(",", ":")).encode()
     head = (
         f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/problem+json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+HEALTH_PATHS = (b"/healthz", b"/readyz")
+SOURCE_LIMITED = ("connection.limited", "this address holds too many connections to the gateway")
+OVERLOADED = ("gateway.overloaded", "the gateway holds too many connections; retry shortly")
 
 
 TIMEOUT_408 = _response(408, "request.timeout", "the request was not sent in time")
@@ -56,7 +78,14 @@ FIELDS_431 = _response(
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """httptools protocol with header/body read deadlines and header limits."""
+    """httptools protocol with header/body read deadlines, header limits, and
+    connection limits per source and in total.
+
+    The connection limits and the write deadline are the served gateway's
+    ``Settings.limits`` (uvicorn hands each protocol the app it serves; a class
+    made per setting could not be pickled for worker processes); any other app
+    gets the defaults.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,6 +93,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._fields = 0
         self._header_bytes = 0
         self._refused = False
+        self._source: str | None = None
+        self._write_deadline: asyncio.TimerHandle | None = None
+        self._limits = _limits_of(self.app)
 
     # -- deadlines ---------------------------------------------------------------------
 
@@ -88,11 +120,66 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        source = self.client[0] if self.client else "-"
+        counts = _sources(self.server_state)
+        counts[source] += 1
+        self._source = source
+        if counts[source] > self._limits.max_connections_per_source:
+            self._refused = True
+            self._answer_refusal(source, *SOURCE_LIMITED)
+            return
         self._arm(HEADER_TIMEOUT, TIMEOUT_408)
+
+    # -- write deadline: a reader that takes nothing for write_timeout is cut off --------
+
+    def pause_writing(self) -> None:
+        # The transport's buffer is full: the response waits (backpressure) for the
+        # reader, but not forever (nginx send_timeout). An export held open by a
+        # reader that never reads would keep its memory and its store cursor.
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(
+                self._limits.write_timeout, self._write_expired
+            )
+
+    def resume_writing(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        super().resume_writing()
+
+    def _write_expired(self) -> None:
+        self._write_deadline = None
+        # abort(), not close(): close() would wait for the buffer to drain, which is
+        # what is not happening. The app's stream sees a disconnect and stops.
+        self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        if self._source is not None:
+            counts = _sources(self.server_state)
+            counts[self._source] -= 1
+            if counts[self._source] <= 0:
+                del counts[self._source]
+            self._source = None
         super().connection_lost(exc)
+
+    def _answer_refusal(self, source: str, code: str, detail: str) -> None:
+        """503 ``code`` with a request id, recorded like any refusal of a stranger."""
+        ids, refusals = _gateway_parts(self.app, self.server_state)
+        request_id = ids.next_id()
+        if refusals is not None:
+            refusals.record(source, request_id, code, 503)
+        self.transport.write(_response(503, code, detail, request_id))
+        # Half-close and linger a moment rather than close: closing with the
+        # caller's request still unread makes the kernel send a reset, and the
+        # caller would lose the answer. Whatever else it sends is ignored.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(LINGER, None)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -102,6 +189,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm(BODY_TIMEOUT, None)
+        if (
+            len(self.connections) > self._limits.max_connections
+            or len(self.tasks) >= self._limits.max_connections
+        ) and self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
+            self._disarm()
+            self._refused = True
+            self._answer_refusal(self._source or "-", *OVERLOADED)
+            raise ValueError("connection limits exceeded")  # stops the parser, as _refuse
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -144,6 +239,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
 
 
+def _sources(server_state: Any) -> Counter[str]:
+    """Open connections per peer address, kept on the server's shared state."""
+    counts: Counter[str] | None = getattr(server_state, "gateway_sources", None)
+    if counts is None:
+        counts = Counter()
+        server_state.gateway_sources = counts
+    return counts
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+def _limits_of(app: Any) -> Limits:
+    state = getattr(app, "state", None)
+    gateway = state.get("gateway") if state is not None else None
+    settings = getattr(gateway, "settings", None)
+    limits = getattr(settings, "limits", None)
+    return limits if isinstance(limits, Limits) else _DEFAULT_LIMITS
+
+
+def _gateway_parts(app: Any, server_state: Any) -> tuple[RequestIds, Any]:
+    """The served gateway's request ids and refusal aggregates, when the app is the
+    gateway (uvicorn hands protocols the app it loaded); fresh ids otherwise."""
+    state = getattr(app, "state", None)
+    gateway = state.get("gateway") if state is not None else None
+    ids = getattr(gateway, "request_ids", None)
+    if ids is None:
+        ids = getattr(server_state, "gateway_request_ids", None)
+        if ids is None:
+            ids = server_state.gateway_request_ids = RequestIds()
+    return ids, getattr(gateway, "refusals", None)
+
+
 def uvicorn_options(*, log_level: str = "info") -> dict[str, Any]:
     """The server options of ``gateway serve``; tests serve with the same ones."""
     return {
@@ -154,7 +282,9 @@ def uvicorn_options(*, log_level: str = "info") -> dict[str, Any]:
         "date_header": True,
         "timeout_keep_alive": 5,
         "timeout_graceful_shutdown": 10,
-        "limit_concurrency": 2048,
+        # The protocol limits connections per source and in total, and keeps health
+        # answerable; uvicorn's own limit would answer everything with plain text.
+        "limit_concurrency": None,
         "access_log": False,
         "log_config": None,  # keep the JSON logging the CLI configured
     }

@@ -32,6 +32,29 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     upstream_connections: int = 100
     # How long a lookup waits for a free upstream connection before 503 upstream.busy.
     pool_timeout: float = 0.25
+    # Free space the data directory's filesystem must keep: below it /readyz says 503
+    # and gateway_data_dir_low_space is 1, long before a full disk fails every lookup.
+    min_free_disk: int = 1024**3
+    # Open connections one peer address may hold, and all peers together; past
+    # them new work gets a problem+json 503 (health endpoints excepted).
+    max_connections_per_source: int = 256
+    max_connections: int = 2048
+    # Seconds a response may wait on a reader that takes nothing before the
+    # connection is cut (slow or stalled export readers).
+    write_timeout: float = 10.0
+    # Audit exports streaming at once (each holds a thread and a chunk of rows).
+    max_exports: int = 4
+
+
+class RefusalLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Requests refused before a client is identified (gateway/refusals.py): a source
+    may be refused ``per_second`` times a second, ``burst`` at once; their records are
+    aggregates of at most ``max_ids`` request ids, written every ``interval`` seconds."""
+
+    per_second: float = 20.0
+    burst: float = 100.0
+    interval: float = 10.0
+    max_ids: int = 512
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cache_entries: int = 0
     cache_max_age: float = 86400.0
     limits: Limits = Limits()
+    refusals: RefusalLimits = RefusalLimits()
 
 
 def parse_upstream_overrides(values: list[str]) -> dict[str, str]:

@@ -73,6 +73,16 @@ class Metrics:
         self.policy_reloads = Counter(
             "gateway_policy_reloads_total", "Policy reloads by result.", ["result"], registry=r
         )
+        self.data_dir_free_bytes = Gauge(
+            "gateway_data_dir_free_bytes",
+            "Free bytes on the filesystem of the data directory (audit store, keys).",
+            registry=r,
+        )
+        self.data_dir_low_space = Gauge(
+            "gateway_data_dir_low_space",
+            "1 while the data directory's free space is under the watermark (min_free_disk).",
+            registry=r,
+        )
 
     def lookup(self, lookup: Any, seconds: float) -> None:
         upstream = lookup.upstream or "-"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -128,3 +130,97 @@ def test_subject_access_lists_every_lookup_about_one_person(client: httpx.Client
     intents = {rec["request_id"]: rec for rec in records if rec["kind"] == "lookup.intent"}
     assert {intents[rec["request_id"]]["client"] for rec in finals} == {"crm"}
     assert b"alice" not in r.content.lower().replace(b'"subject":', b"")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("X-Request-Id-Internal", id="internal-header"),
+        pytest.param("X-Request-Id", id="public-header"),
+    ],
+)
+def test_admin_errors_carry_the_gateways_request_id_not_a_callers(
+    client: httpx.Client, header: str
+) -> None:
+    r = client.get("/admin/policy", headers={header: "forged-0000"})
+    assert r.status_code == 401
+    assert "forged" not in r.text
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+    assert "forged" not in r.headers["x-request-id"]
+
+
+def _admin_records(client: httpx.Client) -> list[dict[str, object]]:
+    export = client.get("/admin/audit/export", headers=ADMIN)
+    lines = [json.loads(line) for line in export.content.splitlines()]
+    return [
+        line["record"]
+        for line in lines
+        if line["type"] == "record" and str(line["record"]["kind"]).startswith("admin.")
+    ]
+
+
+def test_every_admin_act_is_on_the_record_under_the_token_id(client: httpx.Client) -> None:
+    """Subject access, export, validate and explain each leave an admin.<act> record
+    naming the token's id and role and the gateway's request id; the subject of an
+    access request appears only as commitments, never as the identifier or its
+    pseudonym."""
+    acts = {
+        "subject_access": client.get(
+            "/admin/audit/subject",
+            headers=ADMIN,
+            params={"upstream": "klout", "subject": "alice_example"},
+        ),
+        "validate": client.post(
+            "/admin/policy/validate", headers=ADMIN, content=SHIPPED_POLICY.read_bytes()
+        ),
+        "explain": client.post(
+            "/admin/policy/explain",
+            headers=ADMIN,
+            json={"client": "ats", "upstream": "klout", "path": "/v2/user.json/5001/score"},
+        ),
+        "export": client.get("/admin/audit/export", headers=ADMIN),
+    }
+    records = {r["request_id"]: r for r in _admin_records(client)}
+    for act, answer in acts.items():
+        assert answer.status_code == 200, (act, answer.text)
+        record = records[answer.headers["x-request-id"]]
+        assert record["kind"] == f"admin.{act}"
+        assert (record["actor"], record["role"], record["status"]) == (
+            "demo-admin",
+            "operator",
+            200,
+        )
+    access = records[acts["subject_access"].headers["x-request-id"]]
+    assert access["people"], "the subject of an access request is named, as commitments"
+    text = json.dumps(access)
+    assert "alice" not in text
+    assert "hmac-sha256" not in text
+    explain = records[acts["explain"].headers["x-request-id"]]
+    assert (
+        explain["detail"]
+        == "ats at klout /v2/user.json/{kloutId}/score for employment.recruitment: deny"
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "code"),
+    [
+        pytest.param(
+            ("GET", "/admin/audit/export?untill=2026-01-01T00:00:00Z"),
+            400,
+            "request.unknown_parameter",
+            id="export-misspelled-parameter",
+        ),
+        pytest.param(
+            ("POST", "/admin/policy/explain"), 400, "request.invalid_json", id="explain-no-body"
+        ),
+    ],
+)
+def test_refused_admin_acts_are_on_the_record_too(
+    client: httpx.Client, request_args: tuple[str, str], status: int, code: str
+) -> None:
+    method, path = request_args
+    r = client.request(method, path, headers=ADMIN)
+    assert r.status_code == status
+    [record] = [x for x in _admin_records(client) if x["request_id"] == r.headers["x-request-id"]]
+    assert (record["status"], record["detail"], record["actor"]) == (status, code, "demo-admin")

@@ -167,6 +167,7 @@ class LookupLoad:
     base_url: str
     threads: int = 4
     path: str = SCORE_PATH
+    params: dict[str, str] = field(default_factory=lambda: dict(CRM))
     answers: list[Answer] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -192,7 +193,7 @@ class LookupLoad:
         with httpx.Client(base_url=self.base_url, timeout=10) as client:
             while not self._stop.is_set():
                 try:
-                    r = client.get(self.path, params=CRM)
+                    r = client.get(self.path, params=self.params)
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.errors.append(type(exc).__name__)

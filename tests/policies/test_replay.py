@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.audit.lookups import iter_store_records
+from gateway.audit.lookups import iter_store_records, read_record
 from gateway.audit.store import AuditStore
 from gateway.cli import main
+from gateway.clients import issue_admin_token
 from gateway.policies.compile import load_policy
 from gateway.policies.replay import replay
 from tests.audit.traffic import Planned, as_logged, build_log, plan
@@ -187,3 +188,44 @@ def test_admin_replay_answers_the_same(month: tuple[Path, list[Planned]], tmp_pa
         bad = httpx.post(url, content=b"rules: [\n", headers=admin, timeout=60)
         assert bad.status_code == 400
         assert bad.json()["code"] == "policy.invalid"
+
+
+def test_admin_routes_need_their_role_and_are_on_the_record(
+    month: tuple[Path, list[Planned]], tmp_path: Path
+) -> None:
+    """Replay needs the policy role and the report the auditor role (operator may do
+    both); each act is an admin.* record under the token's id, refusals included."""
+    source, _ = month
+    data_dir = tmp_path / "data"
+    shutil.copytree(source, data_dir)
+    auditor, auditor_token = issue_admin_token(data_dir, "auditor")
+    policy, policy_token = issue_admin_token(data_dir, "policy")
+    proposed = edited(tmp_path, "tight.yaml", "\nrules:\n", "\nrules:\n" + DENY_SUPPORT_PENDING)
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    with running_gateway(data_dir) as gw:
+        replay_url, report_url = f"{gw.url}/admin/policy/replay", f"{gw.url}/admin/report"
+        body = proposed.read_bytes()
+        assert (
+            httpx.post(replay_url, content=body, headers=bearer(auditor_token)).status_code == 403
+        )
+        assert httpx.get(report_url, headers=bearer(policy_token)).status_code == 403
+        r = httpx.post(replay_url, content=body, headers=bearer(policy_token), timeout=60)
+        assert r.status_code == 200
+        r = httpx.get(f"{report_url}?format=json", headers=bearer(auditor_token), timeout=60)
+        assert r.status_code == 200
+    store = AuditStore.open(data_dir=data_dir)
+    try:
+        acts = [
+            (v.kind, getattr(v, "actor", None), v.status)
+            for v in (read_record(b) for _, b in iter_store_records(store))
+            if v.kind.startswith("admin.")
+        ]
+    finally:
+        store.close()
+    assert ("admin.replay", auditor.id, 403) in acts
+    assert ("admin.report", policy.id, 403) in acts
+    assert ("admin.replay", policy.id, 200) in acts
+    assert ("admin.report", auditor.id, 200) in acts
