@@ -205,8 +205,9 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
     def render(self) -> str:
         """Plain words for the terminal and for ``policy apply``."""
         lines = [
-            f"replayed {self.replayed:,} of {self.lookups:,} lookups under {self.new_version} "
-            f"(active: {self.old_version}); {self.changed:,} would change"
+            f"replayed {self.replayed:,} of {self.lookups:,} lookups under "
+            f"{_short(self.new_version)} (active: {_short(self.old_version)}); "
+            f"{self.changed:,} would change"
         ]
         if self.not_replayable:
             lines.append(
@@ -233,6 +234,11 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
         elif self.changed:
             lines.append("this change only tightens the policy")
         return "\n".join(lines)
+
+
+def _short(version: str) -> str:
+    """``sha256:c5aba31216c4`` for display; the full version is in the JSON."""
+    return version[:19]
 
 
 def replay(
