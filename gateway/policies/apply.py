@@ -26,19 +26,26 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from gateway.policies.compile import CompiledPolicy
+from gateway.policies.compile import CompiledPolicy, compile_policy
 from gateway.policies.diff import loosenings, policy_diff, summary
+from gateway.policies.loader import PolicyError, parse_policy
+from gateway.policies.replay import ReplaySummary, replay
+from gateway.policies.testing import CaseResult, run_cases
 
 __all__ = [
     "NOTE_FILE",
     "ApplyNote",
     "LoadMarks",
+    "StagedChange",
+    "commit_change",
     "load_marks",
+    "stage_change",
     "write_atomically",
     "write_note",
 ]
@@ -134,3 +141,95 @@ def _note_for(data_dir: Path, version: str, *, now: float | None) -> ApplyNote |
     if note.version != version or current - note.time > NOTE_MAX_AGE:
         return None
     return note
+
+
+@dataclass(slots=True)
+class StagedChange:
+    """The four steps of a staged change, as far as they got, and the verdict.
+
+    ``refused`` is ``None`` when the file may be written, else why not, in words.
+    """
+
+    name: str
+    new: CompiledPolicy | None = None
+    problems: list[str] = field(default_factory=list)
+    cases_dir: Path | None = None
+    cases: list[CaseResult] = field(default_factory=list)
+    replay: ReplaySummary | None = None
+    replay_skipped: str | None = None
+    diff: list[str] = field(default_factory=list)
+    may_loosen: list[str] = field(default_factory=list)
+    refused: str | None = None
+
+    @property
+    def failed_cases(self) -> list[CaseResult]:
+        return [r for r in self.cases if not r.passed]
+
+
+def stage_change(
+    data: bytes,
+    *,
+    name: str,
+    active: CompiledPolicy | None,
+    cases_dir: Path,
+    records: Callable[[], Iterable[tuple[int, bytes]]] | None,
+    since: str | None = None,
+    until: str | None = None,
+    allow_loosening: bool = False,
+) -> StagedChange:
+    """Check, test, replay and diff ``data`` against ``active``; write nothing."""
+    staged = StagedChange(name=name, cases_dir=cases_dir)
+    try:
+        new = compile_policy(parse_policy(data, filename=name))
+    except PolicyError as exc:
+        staged.problems = exc.lines()
+        staged.refused = "the file has errors"
+        return staged
+    staged.new = new
+    if not cases_dir.is_dir():
+        staged.refused = f"no test cases at {cases_dir}"
+        return staged
+    staged.cases = run_cases(new, cases_dir)
+    if not staged.cases:
+        staged.refused = f"no test cases found in {cases_dir}"
+        return staged
+    if staged.failed_cases:
+        staged.refused = f"{len(staged.failed_cases)} test case(s) fail in {cases_dir}"
+        return staged
+    if active is None:
+        staged.replay_skipped = "there is no valid active policy to compare with"
+        staged.diff = ["a new policy file"]
+    else:
+        if records is None:
+            staged.replay_skipped = "no audit log to replay"
+        else:
+            try:
+                staged.replay = replay(records(), active, new, since=since, until=until)
+            except (OSError, ValueError) as exc:
+                staged.replay_skipped = str(exc)
+        staged.diff = policy_diff(active.policy, new.policy)
+        staged.may_loosen = loosenings(active.policy, new.policy)
+    loosens = bool(staged.may_loosen) or (staged.replay is not None and staged.replay.loosening)
+    if loosens and not allow_loosening:
+        staged.refused = "this change loosens the policy"
+    return staged
+
+
+def commit_change(
+    staged: StagedChange, data: bytes, *, target: Path, data_dir: Path, actor: str
+) -> None:
+    """Leave the apply note, then replace ``target`` with ``data`` in one rename."""
+    if staged.refused is not None or staged.new is None:
+        raise ValueError(f"a refused change cannot be written: {staged.refused}")
+    write_note(
+        data_dir,
+        ApplyNote(
+            digest=file_digest(data),
+            version=staged.new.version,
+            actor=actor,
+            summary=summary(staged.diff),
+            loosening=staged.may_loosen,
+            time=time.time(),
+        ),
+    )
+    write_atomically(target, data)

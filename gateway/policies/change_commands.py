@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gateway.audit.lookups import iter_export_records, iter_store_records
 from gateway.audit.report_commands import parse_moment
 from gateway.audit.store import AuditStore, StoreError
+from gateway.policies.apply import StagedChange
 from gateway.policies.compile import CompiledPolicy, compile_policy
 from gateway.policies.loader import PolicyError, read_policy
 from gateway.policies.replay import ReplaySummary, replay
@@ -168,70 +169,35 @@ def _step(number: int, title: str) -> None:
 def cmd_apply(args: argparse.Namespace) -> int:
     import getpass
 
-    from gateway.policies.apply import ApplyNote, file_digest, write_atomically, write_note
-    from gateway.policies.diff import loosenings, policy_diff, summary
-    from gateway.policies.testing import DEFAULT_CASES_DIR, run_cases
+    from gateway.policies.apply import commit_change, stage_change
+    from gateway.policies.testing import DEFAULT_CASES_DIR
 
     target: Path = args.to
-    _step(1, f"check {args.file}")
-    new = _compile(args.file)
-    if new is None:
-        print("refused: the file has errors; nothing was changed", file=sys.stderr)
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"refused: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
-    print(f"   OK, version {new.version}, {len(new.rules)} rules")
-    old = _compile(target) if target.exists() else None
-    if target.exists() and old is None:
+    active = _compile(target) if target.exists() else None
+    if target.exists() and active is None:
         print(f"note: the active file {target} has errors itself", file=sys.stderr)
-
-    _step(2, "test cases")
-    cases_dir: Path = args.cases or target.parent / DEFAULT_CASES_DIR
-    if not cases_dir.is_dir():
-        print(f"refused: no test cases at {cases_dir} (give --cases DIR)", file=sys.stderr)
+    if args.since is None and args.until is None:
+        args.since = parse_moment("30d")
+    staged = stage_change(
+        data,
+        name=str(args.file),
+        active=active,
+        cases_dir=args.cases or target.parent / DEFAULT_CASES_DIR,
+        records=_records(args),
+        since=args.since,
+        until=args.until,
+        allow_loosening=args.allow_loosening,
+    )
+    _print_staged(staged, target)
+    if staged.refused is not None:
+        print(f"refused: {staged.refused}; nothing was changed", file=sys.stderr)
         return 1
-    results = run_cases(new, cases_dir)
-    failed = [r for r in results if not r.passed]
-    for result in failed:
-        print("   " + result.render().replace("\n", "\n   "))
-    print(f"   {len(results) - len(failed)} passed, {len(failed)} failed")
-    if not results or failed:
-        print(
-            f"refused: {len(failed) if results else 'no'} test case(s) "
-            f"{'fail' if results else 'found'} in {cases_dir}; nothing was changed",
-            file=sys.stderr,
-        )
-        return 1
-
-    _step(3, "replay against the audit log")
-    loosening = False
-    if old is None:
-        print("   skipped: there is no valid active policy to compare with")
-    else:
-        if args.since is None and args.until is None:
-            args.since = parse_moment("30d")
-        try:
-            replayed = run_replay(args, old, new)
-        except (StoreError, OSError, ValueError) as exc:
-            print(f"   skipped: {exc}")
-        else:
-            print("   " + replayed.render().replace("\n", "\n   "))
-            loosening = replayed.loosening
-
-    _step(4, f"what changes against {target}")
-    lines = policy_diff(old.policy, new.policy) if old is not None else ["a new policy file"]
-    for line in lines:
-        print(f"   - {line}")
-    if not lines:
-        print("   no change in meaning (comments or layout only)")
-    static = loosenings(old.policy, new.policy) if old is not None else []
-    for line in static:
-        print(f"   ! may loosen: {line}")
-    if (loosening or static) and not args.allow_loosening:
-        print(
-            "refused: this change loosens the policy (give --allow-loosening if that is meant)",
-            file=sys.stderr,
-        )
-        return 1
-
+    assert staged.new is not None
     if not args.yes:
         if not sys.stdin.isatty():
             print("refused: no terminal to confirm on; give --yes", file=sys.stderr)
@@ -240,29 +206,65 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if answer not in ("y", "yes"):
             print("nothing was changed")
             return 1
-    data = args.file.read_bytes()
     actor = f"cli:{args.actor or getpass.getuser()}"
     try:
-        write_note(
-            _data_dir(args),
-            ApplyNote(
-                digest=file_digest(data),
-                version=new.version,
-                actor=actor,
-                summary=summary(lines),
-                loosening=static,
-                time=time.time(),
-            ),
-        )
-        write_atomically(target, data)
+        commit_change(staged, data, target=target, data_dir=_data_dir(args), actor=actor)
     except OSError as exc:
         print(f"refused: cannot write {target}: {exc}", file=sys.stderr)
         return 1
     print(
-        f"\napplied {new.version} to {target} as {actor}; a running gateway loads it "
+        f"\napplied {staged.new.version} to {target} as {actor}; a running gateway loads it "
         "within a second or two (GET /admin/policy shows the active version)"
     )
     return 0
+
+
+def _records(args: argparse.Namespace) -> Callable[[], Iterator[tuple[int, bytes]]] | None:
+    """The logged records to replay, read when called; ``None`` if there is no log."""
+    if args.export is not None:
+        export: Path = args.export
+        return lambda: iter_export_records(export)
+    data_dir = _data_dir(args)
+    if not args.database_url and not (data_dir / "audit.db").exists():
+        return None
+
+    def from_store() -> Iterator[tuple[int, bytes]]:
+        store = AuditStore.open(data_dir=data_dir, url=args.database_url)
+        try:
+            yield from iter_store_records(store)
+        finally:
+            store.close()
+
+    return from_store
+
+
+def _print_staged(staged: StagedChange, target: Path) -> None:
+    _step(1, f"check {staged.name}")
+    if staged.new is None:
+        for line in staged.problems:
+            print(f"   {line}")
+        return
+    print(f"   OK, version {staged.new.version}, {len(staged.new.rules)} rules")
+    _step(2, "test cases")
+    for result in staged.failed_cases:
+        print("   " + result.render().replace("\n", "\n   "))
+    if staged.cases:
+        failed = len(staged.failed_cases)
+        print(f"   {len(staged.cases) - failed} passed, {failed} failed")
+    if staged.refused is not None and (staged.failed_cases or not staged.cases):
+        return
+    _step(3, "replay against the audit log")
+    if staged.replay is not None:
+        print("   " + staged.replay.render().replace("\n", "\n   "))
+    else:
+        print(f"   skipped: {staged.replay_skipped}")
+    _step(4, f"what changes against {target}")
+    for line in staged.diff:
+        print(f"   - {line}")
+    if not staged.diff:
+        print("   no change in meaning (comments or layout only)")
+    for line in staged.may_loosen:
+        print(f"   ! may loosen: {line}")
 
 
 def cmd_ropa(args: argparse.Namespace) -> int:

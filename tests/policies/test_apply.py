@@ -18,6 +18,7 @@ import pytest
 from gateway.audit.lookups import iter_store_records, read_record
 from gateway.audit.store import AuditStore
 from gateway.cli import main
+from gateway.clients import issue_admin_token
 from tests.audit.traffic import Planned, build_log, plan
 from tests.support.gateway import REPO, SHIPPED_POLICY, running_gateway
 
@@ -181,3 +182,40 @@ def test_apply_writes_the_file_the_gateway_loads_and_names_who(
     last = _loads(data_dir)[-1][1] or ""
     assert "LOOSENING saved outside" in last
     assert "neutralize-missing" in last
+
+
+def test_admin_apply_writes_the_file_under_the_tokens_id(
+    site: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``POST /admin/policy/apply`` (role policy) refuses a file whose cases fail with
+    422 and the failing cases; a good file is written, loaded, and its policy.load
+    record names the token's id."""
+    active, data_dir = site
+    before = active.read_bytes()
+    token, secret = issue_admin_token(data_dir, "policy")
+    auditor = issue_admin_token(data_dir, "auditor")[1]
+    headers = {"Authorization": f"Bearer {secret}"}
+    with running_gateway(data_dir, policies=active) as gw:
+        url = f"{gw.url}/admin/policy/apply"
+        good = variant(tmp_path, "good.yaml", tighten).read_bytes()
+        forbidden = httpx.post(url, content=good, headers={"Authorization": f"Bearer {auditor}"})
+        assert forbidden.status_code == 403
+        bad = variant(tmp_path, "bad.yaml", drop_rule("deny-hr-clients")).read_bytes()
+        r = httpx.post(url, content=bad, headers=headers, timeout=60)
+        assert r.status_code == 422
+        assert r.json()["code"] == "policy.refused"
+        assert any("did not match deny-hr-clients" in e for e in r.json()["errors"])
+        assert active.read_bytes() == before
+        r = httpx.post(url, content=good, headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+        applied = r.json()
+        assert applied["actor"] == token.id
+        assert applied["diff"][0].startswith("rule added: deny-support-pending")
+        assert active.read_bytes() == good
+        assert _wait_for(gw.url, applied["version"])["version"] == applied["version"]
+        deadline = time.monotonic() + 10
+        while not any(v == applied["version"] for v, _ in _loads(data_dir)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    details = [d for v, d in _loads(data_dir) if v == applied["version"]]
+    assert f"applied by {token.id}" in (details[-1] or "")
