@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, Router, get, post
@@ -24,7 +24,6 @@ from gateway.admin import (
     RFC3339,
     SECURITY,
     _only_query,
-    _problem,
     _unavailable,
     admin_act,
     admin_guard,
@@ -35,8 +34,8 @@ from gateway.admin import (
 )
 from gateway.audit.lookups import iter_store_records
 from gateway.audit.record import rfc3339
-from gateway.audit.report import render_html, render_json, report_from_store
-from gateway.errors import BadRequest, Forbidden, GatewayError, ServiceUnavailable
+from gateway.audit.report import Report, render_html, report_from_store
+from gateway.errors import Forbidden, GatewayError, ServiceUnavailable
 from gateway.policies.apply import StagedChange, commit_change, stage_change
 from gateway.policies.compile import CompiledPolicy, compile_policy
 from gateway.policies.diff import summary
@@ -53,9 +52,13 @@ REPORT_CSP = (
 )
 
 
+_SINCE = QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, inclusive")
+_UNTIL = QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, exclusive")
+
+
 @get(
     "/report",
-    summary="The compliance report (HTML, or JSON with format=json)",
+    summary="The compliance report, as a self-contained HTML page",
     operation_id="auditReport",
     responses=ADMIN_ERRORS,
     media_type="text/html",
@@ -63,29 +66,53 @@ REPORT_CSP = (
 )
 async def audit_report(
     request: Request[Any, Any, Any],
-    since: Annotated[
-        str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, inclusive")
-    ] = None,
-    until: Annotated[
-        str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, exclusive")
-    ] = None,
-    format: Annotated[Literal["html", "json"], QueryParameter()] = "html",
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
 ) -> Response[bytes]:
     """Lookups (one per request), decisions, denials by rule, client and purpose, hiring
     lookups blocked, neutral answers, throttling, objections, policy versions, and the
     verification of the window's export. Every figure links to its request ids."""
+    report = await _report(request, since, until, "html")
+    return Response(
+        render_html(report).encode(),
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@get(
+    "/report.json",
+    summary="The compliance report's figures",
+    operation_id="auditReportData",
+    responses=ADMIN_ERRORS,
+    opt=admin_act("report", "auditor"),
+)
+async def audit_report_data(
+    request: Request[Any, Any, Any],
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
+) -> Report:
+    """The same report as JSON: ``lookups``, ``by_decision``, ``hiring_blocked``,
+    ``neutralized``, ``denials_by_rule``, ``denials_by_client``, ``policy_versions``,
+    ``verification`` and the request ids behind each figure."""
+    return await _report(request, since, until, "json")
+
+
+async def _report(
+    request: Request[Any, Any, Any], since: str | None, until: str | None, form: str
+) -> Report:
     state = gateway_state(request)
     try:
-        _only_query(request, {"since", "until", "format"})
+        _only_query(request, {"since", "until"})
         if state.store is None or state.keyring is None or state.policy is None:
             raise _unavailable("the audit store")
     except GatewayError as error:
         await audit_admin_act(request, status=error.status, detail=error.code)
         raise
     # On the record before anything is read: who looked at the figures, for which window.
-    await audit_admin_act(request, detail=f"{format} since {since or '-'} until {until or '-'}")
+    await audit_admin_act(request, detail=f"{form} since {since or '-'} until {until or '-'}")
     store, keyring, policy = state.store, state.keyring, state.policy.current
-    report = await asyncio.to_thread(
+    return await asyncio.to_thread(
         report_from_store,
         store,
         keyring,
@@ -93,14 +120,17 @@ async def audit_report(
         until=until,
         policy=policy,
         temp_dir=state.settings.data_dir,
+        verify_workers=1,
     )
-    if format == "json":
-        return Response(render_json(report), media_type="application/json")
-    return Response(
-        render_html(report).encode(),
-        media_type="text/html; charset=utf-8",
-        headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"},
-    )
+
+
+class ReplayAnswer(msgspec.Struct, kw_only=True):
+    """``valid`` false: the proposed file does not load (``problems`` say why, as
+    ``FILE:LINE:COL``), as ``POST /admin/policy/validate`` answers; else the summary."""
+
+    valid: bool
+    problems: list[str] = []
+    replay: ReplaySummary | None = None
 
 
 @post(
@@ -121,7 +151,7 @@ async def replay_policy(
     until: Annotated[
         str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, exclusive")
     ] = None,
-) -> ReplaySummary:
+) -> ReplayAnswer:
     """Send the YAML text of a proposed policy file. Every logged lookup in the window is
     decided again under it and under the active policy; the answer counts what would
     change (allow→deny, deny→allow, newly neutralized, ...), by rule, client and purpose,
@@ -131,10 +161,13 @@ async def replay_policy(
         _only_query(request, {"since", "until"})
         if state.store is None or state.policy is None:
             raise _unavailable("the audit store")
-        proposed = _proposed(body)
     except GatewayError as error:
         await audit_admin_act(request, status=error.status, detail=error.code)
         raise
+    proposed = _proposed(body)
+    if isinstance(proposed, list):
+        await audit_admin_act(request, detail="the proposed policy does not load")
+        return ReplayAnswer(valid=False, problems=proposed)
     store, active = state.store, state.policy.current
     summary = await asyncio.to_thread(
         lambda: replay(iter_store_records(store), active, proposed, since=since, until=until)
@@ -144,30 +177,34 @@ async def replay_policy(
         detail=f"{proposed.version} against {active.version}: {summary.changed} of "
         f"{summary.replayed} lookups would change; loosening: {summary.loosening}",
     )
-    return summary
+    return ReplayAnswer(valid=True, replay=summary)
 
 
-def _proposed(body: bytes) -> CompiledPolicy:
+def _proposed(body: bytes) -> CompiledPolicy | list[str]:
+    """The compiled proposal, or its problems as ``FILE:LINE:COL: message`` lines."""
     try:
-        text = body.decode("utf-8")
-        return compile_policy(parse_policy(text, filename="proposed.yaml"))
+        return compile_policy(parse_policy(body.decode("utf-8"), filename="proposed.yaml"))
     except UnicodeDecodeError:
-        raise BadRequest("the policy file is not UTF-8", code="policy.invalid") from None
+        return ["proposed.yaml:1:1: the file is not UTF-8"]
     except PolicyError as exc:
-        raise BadRequest(
-            "the proposed policy has errors: " + "; ".join(exc.lines()[:20]),
-            code="policy.invalid",
-        ) from None
+        return exc.lines()
 
 
 class Applied(msgspec.Struct, kw_only=True):
-    """A change that passed every step and was written over the active file."""
+    """The outcome of a staged change: written (``applied``), or refused and why.
 
-    version: str
+    A refusal is an answer, not an error (as ``POST /admin/policy/validate``):
+    ``refused`` names the step that stopped it, ``reasons`` the problems, failing
+    cases or loosenings; nothing was written."""
+
+    applied: bool
+    version: str | None = None
     path: str
     actor: str
-    cases_passed: int
-    diff: list[str]
+    refused: str | None = None
+    reasons: list[str] = []
+    cases_passed: int = 0
+    diff: list[str] = []
     replay: ReplaySummary | None = None
 
 
@@ -175,7 +212,7 @@ class Applied(msgspec.Struct, kw_only=True):
     "/policy/apply",
     summary="Check, test, replay and diff a new policy, then make it the active file",
     operation_id="applyPolicy",
-    responses={**ADMIN_ERRORS, 422: _problem("The change was refused (policy.refused)")},
+    responses=ADMIN_ERRORS,
     status_code=200,
     request_max_body_size=1024 * 1024,
     opt=admin_act("apply", "policy"),
@@ -193,7 +230,7 @@ async def apply_policy(
     must check, pass the test cases next to the active file, and (unless
     ``allow_loosening``) not loosen the policy; then it replaces the active file in one
     rename and the gateway loads it. Its ``policy.load`` record names this token's id.
-    A refusal is 422 ``policy.refused`` with the reasons in ``errors``."""
+    A refusal is ``applied: false`` with the step (``refused``) and the ``reasons``."""
     state = gateway_state(request)
     try:
         _only_query(request, {"since", "allow_loosening"})
@@ -218,18 +255,23 @@ async def apply_policy(
             since=start,
             allow_loosening=allow_loosening,
         )
-        if staged.refused is not None:
-            raise GatewayError(
-                f"refused: {staged.refused}; nothing was changed",
-                code="policy.refused",
-                status=422,
-                extra={"errors": _reasons(staged)},
-            )
     except GatewayError as error:
         await audit_admin_act(request, status=error.status, detail=error.code)
         raise
-    assert staged.new is not None
     actor = admin_of(request).id
+    if staged.refused is not None or staged.new is None:
+        await audit_admin_act(request, detail=f"refused: {staged.refused}")
+        return Applied(
+            applied=False,
+            version=staged.new.version if staged.new else None,
+            path=str(target),
+            actor=actor,
+            refused=staged.refused,
+            reasons=_reasons(staged),
+            cases_passed=len(staged.cases) - len(staged.failed_cases),
+            diff=staged.diff,
+            replay=staged.replay,
+        )
     # On the record before the file changes: who applied which version.
     await audit_admin_act(request, detail=f"{staged.new.version}: {summary(staged.diff)}")
     try:
@@ -243,6 +285,7 @@ async def apply_policy(
             code="policy.unwritable",
         ) from None
     return Applied(
+        applied=True,
         version=staged.new.version,
         path=str(target),
         actor=actor,
@@ -272,7 +315,7 @@ def _reasons(staged: StagedChange) -> list[str]:
 
 report_router = Router(
     path="/admin",
-    route_handlers=[audit_report, replay_policy, apply_policy],
+    route_handlers=[audit_report, audit_report_data, replay_policy, apply_policy],
     guards=[admin_guard],
     security=SECURITY,
     middleware=[request_id_middleware],

@@ -365,7 +365,9 @@ def build_report(
     return report
 
 
-def verify_for_report(path: Path, public_keys: bytes | None) -> Verification:
+def verify_for_report(
+    path: Path, public_keys: bytes | None, *, workers: int | None = None
+) -> Verification:
     """Verify the export at ``path``; note its last checkpoint."""
     if public_keys is None:
         return Verification(ok=False, message="not verified: no public key was given")
@@ -375,7 +377,7 @@ def verify_for_report(path: Path, public_keys: bytes | None) -> Verification:
             if line.startswith(b'{"type":"checkpoint"'):
                 cp = msgspec.json.decode(line, type=CheckpointLine)
                 last = CheckpointInfo(size=cp.size, time=cp.time, key_id=cp.key_id, root=cp.root)
-    result = verify_export(path, public_keys, progress=False)
+    result = verify_export(path, public_keys, progress=False, workers=workers)
     return Verification(
         ok=result.ok,
         message=str(result),
@@ -397,9 +399,11 @@ def report_from_export(
     policy: CompiledPolicy | None = None,
     id_limit: int = ID_LIMIT,
     source: str | None = None,
+    verify_workers: int | None = None,
 ) -> Report:
-    """Verify the export file, then count its lookups."""
-    verification = verify_for_report(path, public_keys)
+    """Verify the export file, then count its lookups. ``verify_workers``: processes
+    for the verifier (default: its own choice; a server passes 1)."""
+    verification = verify_for_report(path, public_keys, workers=verify_workers)
     events = iter_events(iter_export_records(path), since=since, until=until)
     return build_report(
         events,
@@ -421,6 +425,7 @@ def report_from_store(
     policy: CompiledPolicy | None = None,
     id_limit: int = ID_LIMIT,
     temp_dir: Path | None = None,
+    verify_workers: int | None = None,
 ) -> Report:
     """Export the window to a temporary file (signing a fresh checkpoint), verify it
     with the log's own public keys, and count it."""
@@ -437,6 +442,7 @@ def report_from_store(
             policy=policy,
             id_limit=id_limit,
             source=f"audit store {store.origin}",
+            verify_workers=verify_workers,
         )
     finally:
         path.unlink(missing_ok=True)

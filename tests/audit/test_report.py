@@ -358,7 +358,7 @@ def test_admin_report_in_a_real_browser(
     with running_gateway(data_dir) as gw:
         admin = {"Authorization": "Bearer demo-admin-token"}
         assert httpx.get(f"{gw.url}/admin/report").status_code == 401
-        r = httpx.get(f"{gw.url}/admin/report?format=json", headers=admin, timeout=60)
+        r = httpx.get(f"{gw.url}/admin/report.json", headers=admin, timeout=60)
         assert r.status_code == 200
         report = r.json()
         assert report["lookups"] == len(identified(planned))

@@ -169,7 +169,7 @@ def test_loosening_exits_non_zero(
 
 def test_admin_replay_answers_the_same(month: tuple[Path, list[Planned]], tmp_path: Path) -> None:
     """``POST /admin/policy/replay`` with the admin token replays against the active
-    policy and gives the same counts; a broken file is a 400 with its line."""
+    policy and gives the same counts; a broken file is answered with its problems."""
     source, planned = month
     data_dir = tmp_path / "data"
     shutil.copytree(source, data_dir)
@@ -183,11 +183,13 @@ def test_admin_replay_answers_the_same(month: tuple[Path, list[Planned]], tmp_pa
         r = httpx.post(url, content=proposed.read_bytes(), headers=admin, timeout=60)
         assert r.status_code == 200
         body = r.json()
-        assert body["changes"]["allow->deny"]["count"] == want
-        assert body["loosening"] is False
+        assert body["valid"] is True
+        assert body["replay"]["changes"]["allow->deny"]["count"] == want
+        assert body["replay"]["loosening"] is False
         bad = httpx.post(url, content=b"rules: [\n", headers=admin, timeout=60)
-        assert bad.status_code == 400
-        assert bad.json()["code"] == "policy.invalid"
+        assert bad.status_code == 200
+        assert bad.json()["valid"] is False
+        assert bad.json()["problems"][0].startswith("proposed.yaml:")
 
 
 def test_admin_routes_need_their_role_and_are_on_the_record(
@@ -214,7 +216,7 @@ def test_admin_routes_need_their_role_and_are_on_the_record(
         assert httpx.get(report_url, headers=bearer(policy_token)).status_code == 403
         r = httpx.post(replay_url, content=body, headers=bearer(policy_token), timeout=60)
         assert r.status_code == 200
-        r = httpx.get(f"{report_url}?format=json", headers=bearer(auditor_token), timeout=60)
+        r = httpx.get(f"{report_url}.json", headers=bearer(auditor_token), timeout=60)
         assert r.status_code == 200
     store = AuditStore.open(data_dir=data_dir)
     try:
