@@ -191,9 +191,10 @@ def iter_events(
                 until is not None and view.time >= until
             ):
                 continue
-            if isinstance(view, AuditRecord) and view.client is None and view.decision is None:
-                # A format-2 outcome whose intent lies before the window: its intent
-                # fields are not here, and the lookup started outside the window.
+            if isinstance(view, AuditRecord) and view.client is None and since is not None:
+                # A format-2 outcome whose intent lies before the window: it repeats
+                # none of its intent, and the lookup started outside the window.
+                # (Format 2 writes refusals before identification as aggregates.)
                 continue
             yield _start(seq, view, complete=True)
             continue

@@ -314,6 +314,18 @@ def test_format_2_records_join_into_lookups() -> None:
     assert (load.status, load.actor, load.loosening) == ("ok", "cli:dana", True)
 
 
+def test_a_window_does_not_count_an_outcome_whose_intent_is_before_it() -> None:
+    """An intent before ``since`` and its outcome inside: the lookup started before the
+    window, so it is neither a lookup nor a refusal of the window."""
+    from gateway.audit.report import build_report
+
+    bodies = [(i, msgspec.json.encode(r)) for i, r in enumerate(V2_RECORDS)]
+    since = "2026-12-02T10:00:00.100000Z"  # after the intent, before its outcome
+    report = build_report(iter_events(bodies, since=since), source="fixture", since=since)
+    assert report.lookups == 1  # the denial only
+    assert report.refused_unidentified == 3  # the aggregate, which starts inside
+
+
 def _chart_sizes(dom: str) -> list[tuple[int, int]]:
     return [(int(w), int(h)) for w, h in re.findall(r'data-rendered="(\d+)x(\d+)"', dom)]
 
