@@ -63,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="PEM file with one or more public keys (repeat for several files)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     from gateway.audit import report_commands
@@ -206,6 +212,13 @@ def _watched(out: IO[bytes], bar: ProgressBar | None) -> IO[bytes]:
     return out if bar is None else LineCounter(out, bar)  # type: ignore[return-value]
 
 
+def _verify_progress(args: argparse.Namespace) -> bool:
+    """A bar on a terminal, for any file: a person waiting wants to see it move."""
+    if args.quiet or args.progress == "never":
+        return False
+    return args.progress == "always" or sys.stderr.isatty()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     pem = b""
     for path in args.public_key:
@@ -214,7 +227,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail(f"cannot read public key {path}: {exc.strerror}")
     try:
-        result = verify_export(args.file, pem, progress=False if args.quiet else None)
+        result = verify_export(args.file, pem, progress=_verify_progress(args))
     except ValueError as exc:
         return _fail(f"bad public key file: {exc}")
     except OSError as exc:

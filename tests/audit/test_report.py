@@ -438,3 +438,22 @@ def test_export_shows_a_progress_bar_only_when_asked_or_on_a_terminal(
     err = capsys.readouterr().err
     assert "exporting [" in err
     assert "100%" in err
+
+
+def test_verify_shows_a_progress_bar_only_when_asked_or_on_a_terminal(
+    month: tuple[Path, list[Planned], int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``gateway audit verify``: no bar off a terminal; ``--progress always`` draws one."""
+    data_dir, _, _ = month
+    export, pem = tmp_path / "a.jsonl", tmp_path / "k.pem"
+    assert main(["audit", "export", "--data-dir", str(data_dir), "--out", str(export)]) == 0
+    pem.write_bytes(KeyRing.load(data_dir).public_pems())
+    capsys.readouterr()
+    assert main(["audit", "verify", str(export), "--public-key", str(pem)]) == 0
+    assert "verifying [" not in capsys.readouterr().err
+    assert main(["audit", "verify", str(export), "--public-key", str(pem),
+                 "--progress", "always"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "verifying [" in captured.err
+    assert "100%" in captured.err
+    assert captured.out.startswith("OK:")
