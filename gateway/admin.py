@@ -25,16 +25,13 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import io
 import json
-import queue
 import shutil
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Request, Response, Router, get, post
@@ -48,10 +45,11 @@ from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit.checkpoint import b64
-from gateway.audit.export import export_csv, iter_export_chunks
+from gateway.audit.export import iter_export_chunks
+from gateway.audit.lookup_csv import iter_csv_chunks
+from gateway.audit.lookups import iter_store_records
 from gateway.audit.proofs import consistency
 from gateway.audit.record import AuditRecord, PersonRef, rfc3339
-from gateway.audit.store import AuditStore
 from gateway.audit.subject import subject_records
 from gateway.clients import AdminToken, Role, role_allows
 from gateway.errors import (
@@ -685,12 +683,13 @@ async def audit_export(
         str | None, QueryParameter(pattern=RFC3339, description="RFC 3339 UTC, exclusive")
     ] = None,
     format: FromQuery[Literal["jsonl", "csv"]] = "jsonl",
+    records: FromQuery[bool] = False,
 ) -> Stream:
     """A signed JSONL export (records, checkpoints, and a final seal line; verify it with
     ``gateway audit verify``), or CSV for spreadsheets (not verifiable). Streams in
     constant memory."""
     try:
-        _only_query(request, {"since", "until", "format"})
+        _only_query(request, {"since", "until", "format", "records"})
         state = gateway_state(request)
         if state.store is None or state.keyring is None:
             raise _unavailable("the audit store")
@@ -707,7 +706,10 @@ async def audit_export(
     if state.refusals is not None:
         await state.refusals.written()  # refusals answered so far are in this export
     if format == "csv":
-        export = ExportStream(_csv_chunks(store, since, until), state.exports)
+        rows = iter_csv_chunks(
+            iter_store_records(store), raw_records=records, since=since, until=until
+        )
+        export = ExportStream(rows, state.exports)
         return Stream(
             export.chunks(),
             media_type="text/csv; charset=utf-8",
@@ -794,77 +796,6 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-class _Abandoned(Exception):
-    """The reader of a CSV export went away: stop writing rows."""
-
-
-class _CsvPipe(io.TextIOBase):
-    """``export_csv`` writes rows into it from its own thread; the export takes
-    64 KiB chunks out. The queue holds four chunks: a slow reader stops the writer
-    (backpressure) instead of the whole CSV piling up in memory."""
-
-    CHUNK = 64 * 1024
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
-        self._buffer: list[str] = []
-        self._buffered = 0
-        self._abandoned = threading.Event()
-
-    def write(self, text: str) -> int:
-        self._buffer.append(text)
-        self._buffered += len(text)
-        if self._buffered >= self.CHUNK:
-            self._put("".join(self._buffer).encode())
-            self._buffer, self._buffered = [], 0
-        return len(text)
-
-    def _put(self, item: bytes | BaseException | None) -> None:
-        while True:
-            if self._abandoned.is_set():
-                raise _Abandoned
-            try:
-                self._chunks.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def finish(self, error: BaseException | None = None) -> None:
-        with contextlib.suppress(_Abandoned):
-            if error is None:
-                self._put("".join(self._buffer).encode())
-            self._put(error)
-
-    def chunks(self) -> Iterator[bytes]:
-        try:
-            while (item := self._chunks.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._abandoned.set()
-
-
-def _csv_chunks(store: AuditStore, since: str | None, until: str | None) -> Iterator[bytes]:
-    """The CSV export as chunks, written by ``export_csv`` in a thread of its own."""
-    pipe = _CsvPipe()
-
-    def write() -> None:
-        try:
-            # csv.writer only calls write(); TextIOBase is not typed as IO[str].
-            export_csv(store, cast(IO[str], pipe), since=since, until=until)
-        except _Abandoned:
-            return
-        except Exception as exc:  # noqa: BLE001 - handed to the reader; the response fails
-            pipe.finish(exc)
-            return
-        pipe.finish()
-
-    threading.Thread(target=write, name="csv-export", daemon=True).start()
-    return pipe.chunks()
 
 
 class ConsistencyProof(msgspec.Struct, kw_only=True):

@@ -161,8 +161,8 @@ async def add_objection(request: Request[Any, Any, Any], body: RawBody) -> Objec
             _recorder(request),
             upstream,
             pseudonyms,
-            actor=_actor(request)[0],
-            role=_actor(request)[1],
+            actor=actor,
+            role=role,
         )
     except StoreError as exc:
         raise AuditUnavailable("the store cannot take the objection") from exc
@@ -235,8 +235,8 @@ async def remove_objection(request: Request[Any, Any, Any], body: RawBody) -> Ob
             _recorder(request),
             upstream,
             pseudonyms,
-            actor=_actor(request)[0],
-            role=_actor(request)[1],
+            actor=actor,
+            role=role,
         )
     except StoreError as exc:
         raise AuditUnavailable("the store cannot take the change") from exc

@@ -29,6 +29,7 @@ from litestar.types import Receive, Scope, Send
 from gateway import __version__
 from gateway.admin import ExportSlots, admin_router, health_handlers
 from gateway.admin_objections import objections_router
+from gateway.admin_report import report_router
 from gateway.audit.graph import IdentityStore
 from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer, load_pseudonymizer
@@ -54,6 +55,7 @@ from gateway.clients import (
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, render_problem
 from gateway.identity import IdentityGraph
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
+from gateway.policies.apply import LoadMarks, load_marks
 from gateway.policies.compile import CompiledPolicy
 from gateway.policies.evaluate import evaluate
 from gateway.policies.reload import PolicyHolder, PolicyLoad
@@ -174,7 +176,13 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[proxy_mount, admin_router, objections_router, *health_handlers],
+        route_handlers=[
+            proxy_mount,
+            admin_router,
+            objections_router,
+            report_router,
+            *health_handlers,
+        ],
         lifespan=[lifespan],
         state={"gateway": state},  # type: ignore[arg-type]
         exception_handlers={
@@ -257,7 +265,12 @@ async def _start(
     pending_loads: set[asyncio.Task[None]] = set()
     request_ids = state.request_ids
 
-    async def audit_load(load: PolicyLoad) -> None:
+    loaded: list[CompiledPolicy] = []  # the policy in force before the latest load
+
+    async def audit_load(load: PolicyLoad, marks: LoadMarks | None) -> None:
+        detail = load_detail(load)
+        if marks is not None and (extra := marks.detail()):
+            detail = f"{detail}; {extra}" if detail else extra
         record = AuditRecord(
             kind="policy.load",
             time=rfc3339(time.time()),
@@ -265,7 +278,9 @@ async def _start(
             decision="loaded" if load.ok else "refused",
             status=None if load.ok else 422,
             policy_version=load.version,
-            detail=load_detail(load)[:4000],
+            detail=detail[:4000] if detail else None,
+            actor=marks.actor if marks else None,
+            loosening=True if marks and marks.loosening else None,
         )
         try:
             await audit.append(record)
@@ -284,13 +299,24 @@ async def _start(
                 load.version,
                 "; ".join(load.errors),
             )
-        task = asyncio.get_running_loop().create_task(audit_load(load))
+        marks = None
+        holder = state.policy
+        if load.ok and holder is not None:
+            # Who applied it (the apply note), what changed, and any loosening saved
+            # directly to the file: for the record and GET /admin/policy.
+            marks = load_marks(data_dir, loaded[-1] if loaded else None, holder.current)
+            holder.loosening = marks.loosening
+            loaded[:] = [holder.current]
+            if marks.loosening:
+                log.warning("policy loosened outside 'policy apply': %s", marks.detail())
+        task = asyncio.get_running_loop().create_task(audit_load(load, marks))
         pending_loads.add(task)
         task.add_done_callback(pending_loads.discard)
 
     policy = PolicyHolder(
         policy_path(settings), on_load=on_load, interval=settings.policy_reload_interval
     )
+    loaded[:] = [policy.current]
     await asyncio.gather(*pending_loads)  # the first load is audited before serving
     # Each start names the signing key in force, so a rotation shows in the log itself.
     await audit.append(

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gateway.admin import _csv_chunks, _CsvPipe
-from gateway.audit.export import export_csv
 from gateway.audit.log import AuditLog
+from gateway.audit.lookup_csv import iter_csv_chunks, write_csv
+from gateway.audit.lookups import iter_store_records
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import verify_export
@@ -266,8 +265,8 @@ def test_a_wrong_admin_token_is_a_strangers_refusal_on_the_record(client: httpx.
 
 
 def test_the_csv_export_streams_in_chunks_with_the_same_rows(tmp_path: Path) -> None:
-    """The CSV an export streams (64 KiB at a time, written in its own thread) is
-    byte for byte what export_csv writes in one piece."""
+    """The CSV an export streams, a chunk at a time, is byte for byte what write_csv
+    writes in one piece: constant memory, whatever the size of the log."""
     store = AuditStore.open(data_dir=tmp_path)
 
     async def populate() -> None:
@@ -278,29 +277,9 @@ def test_the_csv_export_streams_in_chunks_with_the_same_rows(tmp_path: Path) -> 
 
     asyncio.run(populate())
     whole = io.StringIO()
-    export_csv(store, whole)
-    chunks = list(_csv_chunks(store, None, None))
+    write_csv(iter_store_records(store), whole)
+    chunks = list(iter_csv_chunks(iter_store_records(store), chunk_size=16 * 1024))
     store.close()
     assert len(chunks) > 3
-    assert max(len(c) for c in chunks) < 2 * _CsvPipe.CHUNK
+    assert max(len(c) for c in chunks) < 2 * 16 * 1024
     assert b"".join(chunks) == whole.getvalue().encode()
-
-
-def test_an_abandoned_csv_export_stops_its_writer(tmp_path: Path) -> None:
-    store = AuditStore.open(data_dir=tmp_path)
-
-    async def populate() -> None:
-        log = AuditLog(store, KeyRing.load_or_create(tmp_path))
-        await log.start()
-        await fill(log, 3_000)
-        await log.close()
-
-    asyncio.run(populate())
-    chunks = _csv_chunks(store, None, None)
-    next(chunks)
-    chunks.close()  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 5
-    while any(t.name == "csv-export" for t in threading.enumerate()):
-        assert time.monotonic() < deadline, "the CSV writer kept running"
-        time.sleep(0.05)
-    store.close()

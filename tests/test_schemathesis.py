@@ -8,6 +8,7 @@ gateway, so what is tested is what ``/schema/openapi.json`` really serves.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth
 
-from tests.support.gateway import running_gateway
+from tests.support.gateway import SHIPPED_POLICY, running_gateway
 
 ADMIN = {"Authorization": "Bearer demo-admin-token"}
 EXAMPLES = settings(
@@ -31,7 +32,12 @@ EXAMPLES = settings(
 
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_gateway(tmp_path_factory.mktemp("schemathesis") / "var") as gw:
+    # A copy of the policy with no test cases beside it: whatever the fuzzer sends to
+    # POST /admin/policy/apply is refused, and the repository's file is never written.
+    site = tmp_path_factory.mktemp("schemathesis")
+    policies = site / "policies.yaml"
+    shutil.copy(SHIPPED_POLICY, policies)
+    with running_gateway(site / "var", policies=policies) as gw:
         # Some traffic first, so exports and subject access have records to return.
         with httpx.Client(base_url=gw.url, timeout=10) as client:
             for path in ("/klout/v2/user.json/5001/score", "/klout/v2/identity.json/tw/1001"):
@@ -60,6 +66,10 @@ OPERATIONS = [
     ("GET", "/admin/objections", False, True),
     ("DELETE", "/admin/objections", True, True),
     ("GET", "/admin/audit/consistency", True, True),
+    ("GET", "/admin/report", True, True),
+    ("GET", "/admin/report.json", True, True),
+    ("POST", "/admin/policy/replay", True, True),
+    ("POST", "/admin/policy/apply", True, True),
 ]
 
 

@@ -13,13 +13,17 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import msgspec
 
 from gateway.audit.checkpoint import checkpoint_from_note, checkpoint_note
-from gateway.audit.export import ExportError, export_csv, export_jsonl, fresh_checkpoint
+from gateway.audit.export import ExportError, export_jsonl, fresh_checkpoint
 from gateway.audit.graph import IdentityStore
+from gateway.audit.lookup_csv import write_csv
+from gateway.audit.lookups import iter_store_records
 from gateway.audit.note import ED25519, NoteError, WitnessKey, load_witness_keys, vkey
+from gateway.audit.progress import LineCounter, ProgressBar, counted
 from gateway.audit.pseudonym import (
     KEY_FILE,
     SECRET_ENV,
@@ -59,6 +63,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="end at the newest checkpoint a witness cosigned (for verify --min-witnesses)",
     )
+    export.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
+    export.add_argument(
+        "--records",
+        action="store_true",
+        help="CSV only: one row per record instead of one row per lookup",
+    )
     export.set_defaults(func=cmd_export)
 
     verify = audit_sub.add_parser("verify", help="check an export offline against pinned keys")
@@ -97,6 +112,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="valid witness cosignatures the final checkpoint needs (default 1 with "
         "--witness-key, else 0)",
     )
+    verify.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
     verify.set_defaults(func=cmd_verify)
 
     report = audit_sub.add_parser(
@@ -126,6 +147,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _store_arguments(checkpoint)
     checkpoint.set_defaults(func=cmd_checkpoint)
+
+    from gateway.audit import report_commands
+
+    report_commands.register(audit_sub)
 
     subject = audit_sub.add_parser("subject", help="every record about one person (JSON lines)")
     _store_arguments(subject)
@@ -235,19 +260,27 @@ def cmd_export(args: argparse.Namespace) -> int:
                     "note: CSV carries no hashes or signatures; it cannot be verified",
                     file=sys.stderr,
                 )
+                bar = _export_bar(args, store)
+                rows = counted(iter_store_records(store), bar)
+                options = {"raw_records": args.records, "since": args.since, "until": args.until}
                 if str(args.out) == "-":
-                    count = export_csv(store, sys.stdout, since=args.since, until=args.until)
+                    count = write_csv(rows, sys.stdout, **options)
                 else:
                     with args.out.open("w", newline="", encoding="utf-8") as text_out:
-                        count = export_csv(store, text_out, since=args.since, until=args.until)
-                print(f"exported {count} records to {args.out}", file=sys.stderr)
+                        count = write_csv(rows, text_out, **options)
+                if bar is not None:
+                    bar.finish()
+                what = "records" if args.records else "lookups"
+                print(f"exported {count} {what} to {args.out}", file=sys.stderr)
                 return 0
             keyring = KeyRing.load(args.data_dir)
+            bar = _export_bar(args, store)
             if str(args.out) == "-":
+                target: IO[bytes] = sys.stdout.buffer
                 seal = export_jsonl(
                     store,
                     keyring,
-                    sys.stdout.buffer,
+                    _watched(target, bar),
                     since=args.since,
                     until=args.until,
                     witnessed=args.witnessed,
@@ -258,7 +291,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     seal = export_jsonl(
                         store,
                         keyring,
-                        out,
+                        _watched(out, bar),
                         since=args.since,
                         until=args.until,
                         witnessed=args.witnessed,
@@ -266,6 +299,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                     out.flush()
                     os.fsync(out.fileno())
                 tmp.replace(args.out)
+            if bar is not None:
+                bar.finish()
         finally:
             store.close()
     except SigningKeyError as exc:
@@ -280,6 +315,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _export_bar(args: argparse.Namespace, store: AuditStore) -> ProgressBar | None:
+    force = {"auto": None, "always": True, "never": False}[args.progress]
+    return ProgressBar.for_terminal(store.head().size, "exporting", force=force)
+
+
+def _watched(out: IO[bytes], bar: ProgressBar | None) -> IO[bytes]:
+    """``out``, advancing ``bar`` per line written (about one per record)."""
+    return out if bar is None else LineCounter(out, bar)  # type: ignore[return-value]
+
+
+def _verify_progress(args: argparse.Namespace) -> bool:
+    """A bar on a terminal, for any file: a person waiting wants to see it move."""
+    if args.quiet or args.progress == "never":
+        return False
+    return args.progress == "always" or sys.stderr.isatty()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -302,7 +354,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     minimum = args.min_witnesses if args.min_witnesses is not None else min(1, len(witnesses))
     if minimum > len({w.name for w in witnesses}):
         return _fail(f"--min-witnesses {minimum} needs that many --witness-key witnesses")
-    progress = False if args.quiet else None
+    progress = _verify_progress(args)
     old: TreeHead | None = None
     if args.previous is not None:
         try:

@@ -74,7 +74,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     policy.set_defaults(func=lambda args: _usage(policy))
-    sub = policy.add_subparsers(dest="policy_command", metavar="{check,test,explain,schema}")
+    sub = policy.add_subparsers(
+        dest="policy_command", metavar="{check,test,explain,schema,replay,apply,ropa}"
+    )
 
     check = sub.add_parser("check", help="list every mistake in the policy file")
     check.add_argument("file", nargs="?", default=None, help="policy file")
@@ -113,6 +115,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the policy file")
     schema.set_defaults(func=cmd_schema)
+
+    from gateway.policies import change_commands
+
+    change_commands.register(sub)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -142,6 +142,24 @@ class Upstream(_Model, frozen=True, kw_only=True):
     neutral: Neutral
     generic: GenericAdapter | None = None
     description: str | None = None
+    # For the record of processing (GDPR Art. 30(1)(c)-(e)): who receives the
+    # identifiers, where, and which kinds of personal data pass through.
+    vendor: str | None = None
+    vendor_country: str | None = None
+    data_subjects: list[str] = []
+    data_categories: list[str] = []
+
+
+class Controller(_Model, frozen=True, kw_only=True):
+    """Who is responsible for this processing (GDPR Art. 30(1)(a) and (f))."""
+
+    name: str
+    contact: str
+    dpo: str | None = None
+    representative: str | None = None
+    # How long audit records are kept before they may be pruned, e.g. "6 years".
+    audit_retention: str | None = None
+    security: str | None = None
 
 
 class Limit(_Model, frozen=True, kw_only=True):
@@ -215,6 +233,7 @@ class Policy(_Model, frozen=True, kw_only=True):
     """The whole file."""
 
     version: int = 1
+    controller: Controller | None = None
     purposes: dict[str, str]
     clients: list[Client] = []
     upstreams: list[Upstream]

@@ -91,6 +91,9 @@ class PolicyStatus(msgspec.Struct, frozen=True, kw_only=True):
     pending_error: list[str] | None = None
     pending_since: str | None = None  # RFC 3339, UTC: since when the file is refused
     failing_cases: list[str] | None = None
+    # Changes that may loosen the policy, when the active file was saved outside
+    # ``gateway policy apply`` (set by the app from :func:`gateway.policies.apply.load_marks`).
+    loosening: list[str] | None = None
 
 
 _Signature = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns)
@@ -115,6 +118,7 @@ class PolicyHolder:
         self.pending_error: tuple[str, ...] | None = None
         self.pending_cases: tuple[str, ...] | None = None
         self.pending_since: float | None = None
+        self.loosening: tuple[str, ...] = ()
         self._signature: _Signature | None = None
         self._digest: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -344,6 +348,7 @@ class PolicyHolder:
             pending_error=list(self.pending_error) if self.pending_error else None,
             pending_since=rfc3339(self.pending_since) if self.pending_since is not None else None,
             failing_cases=list(self.pending_cases) if self.pending_cases else None,
+            loosening=list(self.loosening) or None,
         )
 
 

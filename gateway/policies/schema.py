@@ -28,6 +28,8 @@ _DURATION = r"^[1-9][0-9]*[dhms]$"
 _HELP: dict[str, dict[str, str]] = {
     "Policy": {
         "version": "Format version of this file; 1.",
+        "controller": "Who is responsible for the processing, for the record of processing "
+        "(GDPR Art. 30): name, contact, data protection officer, audit retention.",
         "purposes": "The purpose vocabulary: each purpose name and a one-line meaning. "
         "Names are lowercase and dotted; a rule on a purpose covers those under it.",
         "clients": "The internal systems allowed to call the gateway.",
@@ -56,6 +58,20 @@ _HELP: dict[str, dict[str, str]] = {
         "neutral": "The answer given for people without a score.",
         "generic": "Configuration of the generic adapter (adapter: generic only).",
         "description": "Free text for people reading this file.",
+        "vendor": "The company that runs this API: the recipient of identifiers (Art. 30).",
+        "vendor_country": "Country where the vendor processes the data; outside the EEA "
+        "it is a transfer to a third country (Art. 30(1)(e)).",
+        "data_subjects": "Whose data passes through, e.g. customers, prospects.",
+        "data_categories": "Kinds of personal data sent or received, e.g. social-media "
+        "handle, influence score.",
+    },
+    "Controller": {
+        "name": "The organisation responsible for the processing.",
+        "contact": "How to reach it: address, email.",
+        "dpo": "Name and contact of the data protection officer.",
+        "representative": "EU representative, if the controller is outside the EU.",
+        "audit_retention": "How long audit records are kept, e.g. 6 years.",
+        "security": "The security measures, in a sentence (Art. 30(1)(g)).",
     },
     "Credential": {
         "env": "Name of the environment variable holding the upstream key.",
