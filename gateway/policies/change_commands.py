@@ -82,8 +82,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ap.add_argument(
         "--cases",
         type=Path,
-        help="directory of YAML test cases (default: those the new file names in "
-        "settings: tests)",
+        help="directory of YAML test cases (default: those the file names in settings)",
     )
     _window_arguments(ap)
     ap.add_argument(
