@@ -182,7 +182,7 @@ class StaffSession:
             graph.create()
             graph.bind_key(pseudonymizer.check_value())
             if log:
-                audit = AuditLog(store, KeyRing.load(data_dir))
+                audit = AuditLog(store, KeyRing.load_or_create(data_dir))
                 loop.run_until_complete(audit.start())
             recorder = Recorder(audit, RequestIds(), pseudonymizer.committer()) if audit else None
             yield cls(store, graph, pseudonymizer, recorder, loop, actor)

@@ -20,7 +20,7 @@ from gateway.audit.store import AuditStore
 from gateway.cli import main
 from gateway.clients import issue_admin_token
 from tests.audit.traffic import Planned, build_log, plan
-from tests.support.gateway import REPO, SHIPPED_POLICY, running_gateway
+from tests.support.gateway import SHIPPED_POLICY, copy_shipped_policy, running_gateway
 
 ADMIN = {"Authorization": "Bearer demo-admin-token"}
 DENY_SUPPORT_PENDING = """  - id: deny-support-pending
@@ -45,10 +45,7 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Planned]
 @pytest.fixture
 def site(tmp_path: Path, month: tuple[Path, list[Planned]]) -> tuple[Path, Path]:
     """An active policy file with its test cases, and a data dir holding the month."""
-    (tmp_path / "tests").mkdir()
-    shutil.copytree(REPO / "tests" / "cases", tmp_path / "tests" / "cases")
-    active = tmp_path / "policies.yaml"
-    shutil.copy(SHIPPED_POLICY, active)
+    active = copy_shipped_policy(tmp_path)  # with the policy-tests/ it names
     data_dir = tmp_path / "data"
     shutil.copytree(month[0], data_dir)
     return active, data_dir
@@ -158,13 +155,17 @@ def test_apply_writes_the_file_the_gateway_loads_and_names_who(
         assert status["version"] == version
         assert status.get("loosening") is None
 
-        # Someone saves a loosening directly, bypassing apply.
-        active.write_text(drop_rule("neutralize-missing")(proposed.read_text()))
+        # Someone saves a loosening directly, bypassing apply. (Dropping a rule would
+        # fail the policy's own cases and never go live, require_tests; a higher
+        # limit passes them and still gives callers more.)
+        higher = proposed.read_text().replace("calls_per_second: 9\n", "calls_per_second: 50\n", 1)
+        assert higher != proposed.read_text()
+        active.write_text(higher)
         deadline = time.monotonic() + 10
         while status["version"] == version and time.monotonic() < deadline:
             time.sleep(0.05)
             status = httpx.get(f"{gw.url}/admin/policy", headers=ADMIN).json()
-        assert status["loosening"] == ["neutralize rule neutralize-missing removed"]
+        assert status["loosening"] == ["limit rule limit-klout-terms allows more calls"]
         loosened = str(status["version"])
         # The load's audit record is written by a task of its own: wait for it.
         deadline = time.monotonic() + 10
@@ -181,7 +182,7 @@ def test_apply_writes_the_file_the_gateway_loads_and_names_who(
     assert "rule added: deny-support-pending" in (details[-1] or "")
     last = _loads(data_dir)[-1][1] or ""
     assert "LOOSENING saved outside" in last
-    assert "neutralize-missing" in last
+    assert "limit-klout-terms" in last
 
 
 def test_admin_apply_writes_the_file_under_the_tokens_id(

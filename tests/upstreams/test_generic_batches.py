@@ -22,7 +22,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import Limits, Settings
-from tests.support.gateway import SHIPPED_POLICY
+from tests.support.gateway import SHIPPED_POLICY, copy_shipped_policy
 from tests.support.servers import serve_asgi
 
 KRED_KEY = "0123456789abcdef0123456789abcdef"
@@ -92,8 +92,7 @@ def kred_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     text = SHIPPED_POLICY.read_text()
     marker = "\n# -----------------------------------------------------------------------------\n# Objections"
     assert marker in text
-    policy = tmp_path / "policies.yaml"
-    policy.write_text(text.replace(marker, KRED_UPSTREAM + marker, 1))
+    policy = copy_shipped_policy(tmp_path, text.replace(marker, KRED_UPSTREAM + marker, 1))
     fake = FakeKred()
     with serve_asgi(fake) as kred_url:
         settings = Settings(
