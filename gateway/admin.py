@@ -109,11 +109,16 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             return
         # Only the gateway makes request ids (decision 0001 §2); a caller's
         # X-Request-Id* headers are never read.
-        request_id = scope["litestar_app"].state["gateway"].request_ids.next_id()
+        gateway: GatewayState = scope["litestar_app"].state["gateway"]
+        request_id = gateway.request_ids.next_id()
         scope.setdefault("state", {})["request_id"] = request_id
         try:
             InboundHeaders(scope["headers"]).check_host(scope.get("http_version", "1.1"))
         except GatewayError as error:
+            if gateway.refusals is not None:  # nobody identified: a stranger's refusal
+                client = scope.get("client")
+                peer = str(client[0]) if client else "-"
+                gateway.refusals.record(peer, request_id, error.code, error.status)
             status, headers, body = render_problem(error, request_id)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})

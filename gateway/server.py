@@ -66,6 +66,7 @@ SOURCE_LIMITED: Answer = (
 )
 OVERLOADED: Answer = (503, "gateway.overloaded", "the gateway holds too many connections; retry")
 HEALTH_PATHS = (b"/healthz", b"/readyz")
+LINGERING = "\0lingering"  # in the per-source counts: refused connections not yet closed
 
 
 def _response(answer: Answer, request_id: str) -> bytes:
@@ -101,6 +102,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._refused = False
         self._source: str | None = None
+        self._lingering = False
         self._write_deadline: asyncio.TimerHandle | None = None
         self._limits = _limits_of(self.app)
 
@@ -166,6 +168,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._write_deadline is not None:
             self._write_deadline.cancel()
             self._write_deadline = None
+        if self._lingering:
+            self._lingering = False
+            _sources(self.server_state)[LINGERING] -= 1
         if self._source is not None:
             counts = _sources(self.server_state)
             counts[self._source] -= 1
@@ -184,6 +189,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return _response(answer, request_id)
 
     def _answer_and_linger(self, answer: Answer) -> None:
+        # A refused connection is on its way out: it must not count against the total
+        # and make everyone else's requests look like an overload.
+        if not self._lingering:
+            self._lingering = True
+            _sources(self.server_state)[LINGERING] += 1
         self.transport.write(self._problem(answer))
         # Half-close and linger a moment rather than close: closing with the
         # caller's request still unread makes the kernel send a reset, and the
@@ -201,7 +211,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._arm(BODY_TIMEOUT, None)
         if (
-            len(self.connections) > self._limits.max_connections
+            len(self.connections) - _sources(self.server_state)[LINGERING]
+            > self._limits.max_connections
             or len(self.tasks) >= self._limits.max_connections
         ) and self.url.split(b"?", 1)[0] not in HEALTH_PATHS:
             self._disarm()

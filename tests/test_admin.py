@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -283,3 +284,33 @@ def test_the_csv_export_streams_in_chunks_with_the_same_rows(tmp_path: Path) -> 
     assert len(chunks) > 3
     assert max(len(c) for c in chunks) < 2 * 16 * 1024
     assert b"".join(chunks) == whole.getvalue().encode()
+
+
+@pytest.mark.parametrize(
+    "host_lines",
+    [
+        pytest.param("", id="no-host"),
+        pytest.param("Host: a\r\nHost: b\r\n", id="two-hosts"),
+    ],
+)
+def test_an_admin_request_with_a_bad_host_is_refused_on_the_record(
+    gateway: RunningGateway, client: httpx.Client, host_lines: str
+) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(f"GET /admin/policy HTTP/1.1\r\n{host_lines}Connection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    request_id = json.loads(body)["request_id"]
+    export = client.get("/admin/audit/export", headers=ADMIN)
+    held = [
+        line["record"]
+        for line in map(json.loads, export.content.splitlines())
+        if line["type"] == "record"
+        and line["record"]["kind"] == "refusal.aggregate"
+        and request_id in line["record"]["request_ids"]
+    ]
+    assert len(held) == 1

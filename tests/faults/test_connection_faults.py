@@ -91,6 +91,27 @@ def test_a_source_over_its_connection_cap_gets_a_problem_and_others_are_served(
     assert FLOODER not in (aggregate.source or "")
 
 
+def test_2100_silent_connections_from_one_source_leave_everyone_else_served(
+    tmp_path: Path,
+) -> None:
+    """Issue 10's finding with the default limits: one source opens 2,100 connections
+    and sends nothing. Past its 256 it gets 503 connection.limited; other sources'
+    health checks and lookups are answered as usual (uvicorn's global limit of 2,048
+    answered everyone with plain text before)."""
+    with running_gateway(tmp_path / "var") as gw, silent_connections(gw.url, 2100) as held:
+        started = time.monotonic()
+        assert httpx.get(gw.url + "/healthz", timeout=5).status_code == 200
+        assert httpx.get(gw.url + "/readyz", timeout=5).status_code == 200
+        r = httpx.get(gw.url + SCORE_PATH, params=CRM, timeout=5)
+        assert r.status_code == 200
+        # The 257th connection on was answered at once, before it sent anything.
+        held[-1].settimeout(2)
+        status, problem, headers = _problem(held[-1].recv(65536))
+        assert (status, problem["code"]) == (503, "connection.limited")
+        assert problem["request_id"] == headers["x-request-id"]
+        assert time.monotonic() - started < 4  # within the 5 s header deadline
+
+
 def test_health_stays_answerable_when_the_gateway_is_full(tmp_path: Path) -> None:
     """Past the total connection limit, lookups get 503 gateway.overloaded as
     problem+json with a request id (not uvicorn's plain text), and /healthz and
