@@ -2,15 +2,23 @@
 
     .venv/bin/python bench/audit_append.py --records 200000 --concurrency 1024
     .venv/bin/python bench/audit_append.py --database-url postgresql://postgres@127.0.0.1/test
+    .venv/bin/python bench/audit_append.py --sequencer --connections 2   # as workers see it
 
 ``concurrency`` tasks each await ``AuditLog.append`` in a loop, as request handlers
 do; the rate counts only records whose ``append`` returned (committed).
+
+``--sequencer`` measures from the workers' side of the audit sequencer: a real
+``gateway sequencer`` process owns the store, and the tasks append through
+``--connections`` SequencerClient connections (one per worker), which encode each
+record and wait for the sequencer's acknowledgement of its durable commit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -21,6 +29,7 @@ from sqlalchemy import create_engine, text
 from gateway.audit.log import AuditLog
 from gateway.audit.people import PersonCommitter
 from gateway.audit.record import AuditRecord
+from gateway.audit.sequencer import SequencerClient
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore, database_url
 
@@ -47,6 +56,45 @@ def record(i: int) -> AuditRecord:
         upstream_status=200,
         status=200,
         latency_ms=3.25,
+    )
+
+
+async def run_via_sequencer(
+    data_dir: Path, url: str | None, records: int, concurrency: int, connections: int
+) -> None:
+    socket = Path(tempfile.mkdtemp(prefix="seq-")) / "s.sock"
+    command = [sys.executable, "-m", "gateway", "sequencer", "--data-dir", str(data_dir)]
+    command += ["--socket", str(socket), "--log-level", "warning"]
+    if url:
+        command += ["--database-url", url]
+    process = subprocess.Popen(command)  # noqa: ASYNC220 (started once, before timing)
+    clients = [SequencerClient(socket) for _ in range(connections)]
+    try:
+        for client in clients:
+            await client.start()
+        per_task = records // concurrency
+        template = [record(i) for i in range(1000)]
+
+        async def producer(k: int) -> None:
+            client = clients[k % connections]
+            for i in range(per_task):
+                await client.append(template[(k * 7 + i) % 1000])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(producer(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        await asyncio.sleep(0.6)  # one stats refresh
+        stats = clients[0].stats
+    finally:
+        for client in clients:
+            await client.close()
+        process.terminate()
+        process.wait(timeout=30)
+    total = per_task * concurrency
+    print(
+        f"via sequencer ({'postgresql' if url else 'sqlite'}, {connections} connections): "
+        f"{total} records in {elapsed:.2f} s = {total / elapsed:,.0f} records/s; "
+        f"{stats.commits} commits (avg {total / max(stats.commits, 1):.0f} records/commit)"
     )
 
 
@@ -83,6 +131,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=1024)
     parser.add_argument("--database-url", help="PostgreSQL URL (default: SQLite in a temp dir)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as uvicorn does")
+    parser.add_argument("--sequencer", action="store_true", help="append through a sequencer")
+    parser.add_argument("--connections", type=int, default=2, help="sequencer connections")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         data_dir = Path(tmp)
@@ -95,7 +145,21 @@ def main() -> None:
         store = AuditStore.open(data_dir=data_dir, url=args.database_url, schema=schema)
         sizes = (args.records, args.concurrency, args.max_batch)
         try:
-            if args.uvloop:
+            if args.sequencer:
+                url = args.database_url
+                if url and schema:
+                    url += ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
+                store.create()
+                main_run = run_via_sequencer(
+                    data_dir, url, args.records, args.concurrency, args.connections
+                )
+                if args.uvloop:
+                    import uvloop
+
+                    uvloop.run(main_run)
+                else:
+                    asyncio.run(main_run)
+            elif args.uvloop:
                 import uvloop
 
                 uvloop.run(run(store, keyring, *sizes))

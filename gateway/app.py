@@ -32,6 +32,7 @@ from gateway.audit.log import AuditLog
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.reconcile import OutcomeBacklog, close_orphans
 from gateway.audit.record import AuditRecord, rfc3339
+from gateway.audit.sequencer import SequencerClient
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.cache import AnswerCache
@@ -65,7 +66,7 @@ class GatewayState:
         self.settings = settings
         self.metrics = Metrics()
         self.runtime: GatewayRuntime | None = None
-        self.audit: AuditLog | None = None
+        self.audit: AuditLog | SequencerClient | None = None
         self.store: AuditStore | None = None
         self.keyring: KeyRing | None = None
         self.policy: PolicyHolder | None = None
@@ -149,10 +150,18 @@ async def _start(
 
     store = AuditStore.open(data_dir=data_dir, url=settings.database_url)
     stack.callback(store.close)
-    audit = AuditLog(store, keyring)
-    await audit.start()
-    stack.push_async_callback(audit.close)
-    await close_orphans(audit, store)  # lookups a crash left without an outcome
+    audit: AuditLog | SequencerClient
+    if settings.sequencer_socket is not None:
+        # One sequencer process commits for every worker (gateway/audit/sequencer.py);
+        # it closes the lookups a crash left open when it starts.
+        audit = SequencerClient(settings.sequencer_socket)
+        await audit.start()
+        stack.push_async_callback(audit.close)
+    else:
+        audit = AuditLog(store, keyring)
+        await audit.start()
+        stack.push_async_callback(audit.close)
+        await close_orphans(audit, store)  # lookups a crash left without an outcome
     backlog = OutcomeBacklog(audit)
     backlog.start()
     stack.push_async_callback(backlog.stop)

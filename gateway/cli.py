@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -60,6 +63,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--workers", type=int, default=int(str(env.get("workers", 1))))
     p.add_argument(
+        "--audit-sequencer",
+        choices=("auto", "thread", "process"),
+        default=str(env.get("audit_sequencer", "auto")),
+        help="commit audit records in a writer thread of each worker, or in one sequencer "
+        "process for all of them (auto: a process when --workers > 1)",
+    )
+    p.add_argument(
         "--otlp-endpoint",
         default=env.get("otlp_endpoint"),
         help="OTLP/HTTP traces endpoint, e.g. http://127.0.0.1:4318/v1/traces",
@@ -100,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         upstream_overrides=overrides,
         demo_upstream_port=args.demo_upstream_port,
         workers=args.workers,
+        audit_sequencer=args.audit_sequencer,
         otlp_endpoint=args.otlp_endpoint,
         log_level=args.log_level,
         cache_entries=args.cache_entries,
@@ -119,13 +130,114 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "port": settings.port,
         **uvicorn_options(log_level=settings.log_level),
     }
-    if settings.workers > 1:
-        os.environ[SETTINGS_ENV] = msgspec.json.encode(settings, enc_hook=_encode_path).decode()
-        uvicorn.run("gateway.cli:app_from_env", factory=True, workers=settings.workers, **common)
-    else:
-        from gateway.app import create_app
+    with _audit_sequencer(settings) as settings:
+        if settings.workers > 1:
+            os.environ[SETTINGS_ENV] = msgspec.json.encode(settings, enc_hook=_encode_path).decode()
+            uvicorn.run(
+                "gateway.cli:app_from_env", factory=True, workers=settings.workers, **common
+            )
+        else:
+            from gateway.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+            uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+@contextlib.contextmanager
+def _audit_sequencer(settings: Settings) -> Iterator[Settings]:
+    """Run the audit sequencer process for the workers, when settings ask for one.
+
+    It is started before the workers and stopped after them, so that every record
+    a worker sends has a writer; workers fail closed while it is away.
+    """
+    mode = settings.audit_sequencer
+    if mode == "thread" or (mode == "auto" and settings.workers <= 1):
+        yield settings
+        return
+    from gateway.audit.sequencer import socket_path
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    socket = socket_path(settings.data_dir)
+    command = [sys.executable, "-m", "gateway", "sequencer", "--data-dir", str(settings.data_dir)]
+    if settings.database_url:
+        command += ["--database-url", settings.database_url]
+    command += ["--socket", str(socket), "--log-level", settings.log_level]
+    supervisor = _SequencerSupervisor(command)
+    supervisor.start()
+    try:
+        yield msgspec.structs.replace(settings, sequencer_socket=socket)
+    finally:
+        supervisor.stop()
+
+
+class _SequencerSupervisor(threading.Thread):
+    """Keeps one sequencer process running while the workers serve.
+
+    If it dies (a crash, an OOM kill), workers fail closed (503, no score) until a
+    new one listens; it is restarted after a short pause, and recovers the log
+    and closes the lookups left open before it takes records again.
+    """
+
+    def __init__(self, command: list[str]) -> None:
+        super().__init__(name="sequencer-supervisor", daemon=True)
+        self._command = command
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # Its own session: a signal to the gateway's process group (Ctrl-C, killpg)
+        # reaches the workers first; the sequencer is stopped after they are done.
+        # It exits by itself if this process dies (--parent-pid).
+        return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            [*self._command, "--parent-pid", str(os.getpid())], start_new_session=True
+        )
+
+    def run(self) -> None:
+        import logging
+
+        log = logging.getLogger("gateway")
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                code = self._process.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                log.error("the audit sequencer exited (%s); restarting it", code)
+                self._process = self._spawn()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _sequencer_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    env = from_env()
+    p = sub.add_parser(
+        "sequencer",
+        help="run the audit sequencer alone (serve starts it for its workers)",
+    )
+    p.add_argument("--data-dir", type=Path, default=Path(str(env.get("data_dir", "var"))))
+    p.add_argument("--database-url", default=env.get("database_url"))
+    p.add_argument("--socket", type=Path, help="unix socket path (default: in the data dir)")
+    p.add_argument("--log-level", default=str(env.get("log_level", "info")))
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.set_defaults(func=cmd_sequencer)
+
+
+def cmd_sequencer(args: argparse.Namespace) -> int:
+    from gateway.audit.sequencer import run_sequencer, socket_path
+    from gateway.telemetry import configure_logging
+
+    configure_logging(args.log_level)
+    socket = args.socket or socket_path(args.data_dir)
+    asyncio.run(run_sequencer(args.data_dir, args.database_url, socket, parent_pid=args.parent_pid))
     return 0
 
 
@@ -306,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _demo_upstream_parser(sub)
+    _sequencer_parser(sub)
     _clients_parser(sub)
     _objections_parser(sub)
     _admin_token_parser(sub)

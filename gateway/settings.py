@@ -51,6 +51,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Port of the bundled simulator in demo mode (0: pick a free one).
     demo_upstream_port: int = 0
     workers: int = 1
+    # Who commits audit records: "thread" (a writer thread in this process),
+    # "process" (one sequencer process for every worker), or "auto" (process when
+    # workers > 1). gateway/audit/sequencer.py says why.
+    audit_sequencer: str = "auto"
+    # Set by `serve` for its workers: the socket of the running sequencer.
+    sequencer_socket: Path | None = None
     otlp_endpoint: str | None = None
     log_level: str = "info"
     policy_reload_interval: float = 1.0
@@ -87,6 +93,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
         "OTLP_ENDPOINT": "otlp_endpoint",
         "LOG_LEVEL": "log_level",
         "WORKERS": "workers",
+        "AUDIT_SEQUENCER": "audit_sequencer",
         "CACHE_ENTRIES": "cache_entries",
         "CACHE_MAX_AGE": "cache_max_age",
     }

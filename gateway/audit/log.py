@@ -49,7 +49,7 @@ from gateway.audit.checkpoint import Checkpoint, sign_checkpoint
 from gateway.audit.merkle import Frontier, leaf_hash
 from gateway.audit.record import AnyRecord, canonical_bytes
 from gateway.audit.signing import KeyRing
-from gateway.audit.store import AuditStore, PreparedRecord, StoreError
+from gateway.audit.store import AuditStore, PreparedRecord, RecordColumns, StoreError
 from gateway.errors import AuditUnavailable, GatewayError
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ class _Stop:
         self.future = future
 
 
-_Entry = tuple[AnyRecord, tuple[str, ...], _Future]
+# (record, or its canonical bytes and store columns from a worker; index; future)
+_Entry = tuple[AnyRecord | bytes, RecordColumns | None, tuple[str, ...], _Future]
 _Item = _Entry | _CheckpointRequest | _Stop
 
 
@@ -201,7 +202,7 @@ class AuditLog:
             while True:
                 item = self._queue.get_nowait()
                 if isinstance(item, tuple):
-                    _fail(item[2], AuditUnavailable("the audit log is closed"))
+                    _fail(item[3], AuditUnavailable("the audit log is closed"))
                 elif isinstance(item, _CheckpointRequest):
                     _fail(item.future, AuditUnavailable("the audit log is closed"))
 
@@ -231,8 +232,23 @@ class AuditLog:
         if not self._accepting:
             raise AuditUnavailable("the audit log is not running")
         future: _Future = asyncio.get_running_loop().create_future()
-        self._queue.put((record, tuple(index), future))
+        self._queue.put((record, None, tuple(index), future))
         return await future
+
+    def submit_encoded(
+        self, body: bytes, columns: RecordColumns, index: Sequence[str]
+    ) -> asyncio.Future[int]:
+        """Queue a record's canonical bytes, made by a worker, with its store columns.
+
+        The future gets its ``seq`` once committed, or ``AuditUnavailable``. Not a
+        coroutine, and no decoding: the sequencer queues a whole read's worth of
+        frames without a task or a parse per record.
+        """
+        if not self._accepting:
+            raise AuditUnavailable("the audit log is not running")
+        future: _Future = asyncio.get_running_loop().create_future()
+        self._queue.put((body, columns, tuple(index), future))
+        return future
 
     async def checkpoint(self) -> Checkpoint:
         """A signed checkpoint of everything committed before this call returns."""
@@ -298,13 +314,17 @@ class AuditLog:
         started = time.perf_counter()
         prepared: list[PreparedRecord] = []
         futures: list[_Future] = []
-        for record, index, future in batch:
+        for item, columns, index, future in batch:
+            if isinstance(item, bytes):  # from a worker, through the sequencer
+                prepared.append(PreparedRecord(None, item, leaf_hash(item), index, columns))
+                futures.append(future)
+                continue
             try:
-                body = canonical_bytes(record)
+                body = canonical_bytes(item)
             except (msgspec.EncodeError, TypeError, ValueError):
                 _fail(future, AuditUnavailable("the audit record cannot be encoded"))
                 continue
-            prepared.append(PreparedRecord(record, body, leaf_hash(body), index))
+            prepared.append(PreparedRecord(item, body, leaf_hash(body), index))
             futures.append(future)
         if not prepared:
             return

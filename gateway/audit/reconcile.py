@@ -20,6 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 
@@ -89,10 +90,14 @@ async def close_orphans(audit: AuditLog, store: AuditStore) -> int:
     return len(orphans)
 
 
+class _Appender(Protocol):
+    async def append(self, record: AnyRecord, index: Sequence[str] = ()) -> int: ...
+
+
 class OutcomeBacklog:
     """Outcome records the store refused, appended again once it recovers."""
 
-    def __init__(self, audit: AuditLog, interval: float = 1.0, limit: int = 100_000) -> None:
+    def __init__(self, audit: _Appender, interval: float = 1.0, limit: int = 100_000) -> None:
         self._audit = audit
         self._interval = interval
         self._pending: deque[tuple[AnyRecord, tuple[str, ...]]] = deque()

@@ -177,16 +177,31 @@ class StoreError(Exception):
     """The store failed; the log turns this into ``AuditUnavailable``."""
 
 
+#: The record fields the store keeps in columns beside the body, for its queries:
+#: time, kind, request_id, client, purpose, upstream.
+RecordColumns = tuple[str, str, str, str | None, str | None, str | None]
+
+
+def record_columns(record: AnyRecord) -> RecordColumns:
+    r = record
+    return (r.time, r.kind, r.request_id, r.client, r.purpose, r.upstream)
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRecord:
-    """A record ready for the writer: canonical bytes and their leaf hash."""
+    """A record ready for the writer: canonical bytes, their leaf hash, the columns.
 
-    record: AnyRecord
+    ``record`` may be absent when ``columns`` are given: the audit sequencer gets
+    the bytes and columns from a worker and never decodes the record.
+    """
+
+    record: AnyRecord | None
     body: bytes
     leaf: bytes
     # Pseudonyms for the subject index (not in the record: format 2 names people
     # only by commitments). Format-1 records index their ``subjects``.
     index: tuple[str, ...] = ()
+    columns: RecordColumns | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,11 +380,13 @@ class AuditStore:
                     seq = new.size
                     new.append(item.leaf)
                     r = item.record
-                    rows.append(
-                        (seq, r.time, r.kind, r.request_id, r.client, r.purpose, r.upstream,
-                         item.leaf, item.body)
-                    )  # fmt: skip
-                    for tag in {subject_tag(p) for p in item.index or record_subjects(r)}:
+                    columns = item.columns
+                    if columns is None:
+                        assert r is not None
+                        columns = record_columns(r)
+                    rows.append((seq, *columns, item.leaf, item.body))
+                    index = item.index or (record_subjects(r) if r is not None else ())
+                    for tag in {subject_tag(p) for p in index}:
                         subjects.append((tag, seq))
                 self._insert(conn, RECORDS, RECORD_COLUMNS, rows)
                 if subjects:

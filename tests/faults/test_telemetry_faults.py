@@ -53,5 +53,8 @@ def test_lookups_stay_fast_when_the_collector_is_unreachable(
             assert r.status_code == 200
             assert ALICE_SCORE in r.text
     latencies.sort()
-    assert latencies[int(LOOKUPS * 0.99)] < 0.1, latencies[-5:]
-    assert latencies[-1] < 0.5
+    # A lookup that waited for the exporter would take its 2 s export timeout. The
+    # bounds stay well below that but far above a busy 2-core machine's jitter: this
+    # test is about blocking, not speed (speed is measured in bench/).
+    assert latencies[int(LOOKUPS * 0.99)] < 1.0, latencies[-5:]
+    assert latencies[-1] < 1.5, latencies[-5:]

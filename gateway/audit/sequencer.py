@@ -1,0 +1,491 @@
+"""One audit sequencer for every worker: a process that orders and commits records.
+
+``gateway serve --workers N`` runs N worker processes. Each used to run its own
+writer thread against the same store, so N writers took turns on SQLite's write
+lock (two workers were slower than one), and each writer thread shared its
+worker's core and GIL with the event loop. Here one process, the sequencer, owns
+the :class:`~gateway.audit.log.AuditLog` (group commit, checkpoints, crash
+recovery); workers keep only the encode-and-send on their event loop.
+
+Workers talk to it over a unix socket in the data directory (mode 0600), with
+length-prefixed frames::
+
+    request  = length:u32 op:u8 tag:u32 payload            (length counts the payload)
+    APPEND     payload = count:u16 (len:u16 pseudonym)*count len:u16 columns body
+               (columns: the store's columns as a JSON array; body: canonical bytes)
+    CHECKPOINT payload = empty
+    STATS      payload = empty
+    reply    = length:u32 tag:u32 status:u8 payload
+    status 0   APPEND: seq:u64; CHECKPOINT: the checkpoint as JSON; STATS: SequencerStats JSON
+    status 1   the store cannot take records: payload is a reason, no record was committed
+
+"No log, no lookup" holds across the channel: a worker's ``append`` returns only
+after the sequencer acknowledged a durable commit. If the sequencer dies, every
+pending append fails with ``AuditUnavailable`` (the caller gets 503 and no score)
+and the worker reconnects when a sequencer listens again; start-up of the next
+sequencer closes the intents that were left open (:func:`close_orphans`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import signal
+import struct
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from gateway.audit.checkpoint import Checkpoint
+from gateway.audit.log import AuditLog, AuditStats
+from gateway.audit.reconcile import close_orphans
+from gateway.audit.record import AnyRecord, canonical_bytes
+from gateway.audit.signing import KeyRing
+from gateway.audit.store import AuditStore, RecordColumns, record_columns
+from gateway.errors import AuditUnavailable
+
+__all__ = [
+    "SOCKET_NAME",
+    "SequencerClient",
+    "SequencerServer",
+    "run_sequencer",
+    "socket_path",
+]
+
+log = logging.getLogger("gateway.audit.sequencer")
+
+SOCKET_NAME = "audit-sequencer.sock"
+MAX_FRAME = 1 << 20  # a record is a few hundred bytes; anything near this is an error
+
+OP_APPEND, OP_CHECKPOINT, OP_STATS = 1, 2, 3
+STATUS_OK, STATUS_UNAVAILABLE = 0, 1
+
+_REQUEST = struct.Struct(">IBI")
+_REPLY = struct.Struct(">IIB")
+_U16 = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
+
+
+class SequencerStats(msgspec.Struct, frozen=True):
+    """What a worker shows in ``/readyz`` and ``/metrics`` for the shared log."""
+
+    healthy: bool
+    size: int
+    queue_depth: int
+    last_commit_latency: float
+    last_batch_size: int
+    commits: int
+    records: int
+    failed_batches: int
+    checkpoints: int
+
+
+_columns_encoder = msgspec.json.Encoder()
+_columns_decoder = msgspec.json.Decoder(RecordColumns)
+
+
+def encode_append(body: bytes, columns: RecordColumns, index: Sequence[str]) -> bytes:
+    parts = [_U16.pack(len(index))]
+    for pseudonym in index:
+        raw = pseudonym.encode()
+        parts.append(_U16.pack(len(raw)))
+        parts.append(raw)
+    encoded = _columns_encoder.encode(columns)
+    parts.append(_U16.pack(len(encoded)))
+    parts.append(encoded)
+    parts.append(body)
+    return b"".join(parts)
+
+
+def decode_append(payload: bytes) -> tuple[bytes, RecordColumns, list[str]]:
+    """Body, columns and index of an APPEND frame; ``ValueError`` if it is damaged."""
+    try:
+        (count,) = _U16.unpack_from(payload, 0)
+        offset = 2
+        index: list[str] = []
+        for _ in range(count):
+            (length,) = _U16.unpack_from(payload, offset)
+            offset += 2
+            index.append(payload[offset : offset + length].decode())
+            offset += length
+        (length,) = _U16.unpack_from(payload, offset)
+        offset += 2
+        columns = _columns_decoder.decode(payload[offset : offset + length])
+        offset += length
+    except (struct.error, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"damaged append frame: {exc}") from None
+    body = payload[offset:]
+    if not body.startswith(b"{") or not body.endswith(b"}"):
+        raise ValueError("the record is not a JSON object")
+    return body, columns, index
+
+
+def socket_path(data_dir: Path) -> Path:
+    """Where the sequencer listens: in the data directory, or, when that path is too
+    long for a unix socket (108 bytes on Linux), in a private new temporary directory."""
+    path = data_dir.resolve() / SOCKET_NAME
+    if len(os.fsencode(path)) < 100:
+        return path
+    return Path(tempfile.mkdtemp(prefix="gateway-seq-")) / SOCKET_NAME  # mode 0700
+
+
+class _Coalescer:
+    """Frames for one connection, written together once per event-loop turn: one
+    system call for a whole group commit's acknowledgements, not one per record."""
+
+    __slots__ = ("_buffer", "_scheduled", "_writer", "closed")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._buffer: list[bytes] = []
+        self._scheduled = False
+        self.closed = False
+
+    def send(self, tag: int, status: int, payload: bytes) -> None:
+        if self.closed:
+            return
+        self._buffer.append(_REPLY.pack(len(payload), tag, status) + payload)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def error(self, tag: int, why: str) -> None:
+        self.send(tag, STATUS_UNAVAILABLE, why.encode())
+
+    def appended(self, tag: int, future: asyncio.Future[int]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self.send(tag, STATUS_OK, _U64.pack(future.result()))
+        elif isinstance(exc, AuditUnavailable):
+            self.error(tag, exc.detail)
+        else:
+            self.error(tag, f"the audit log failed: {exc.__class__.__name__}")
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._buffer and not self.closed and not self._writer.is_closing():
+            self._writer.write(b"".join(self._buffer))
+        self._buffer.clear()
+
+
+# -- the sequencer process ---------------------------------------------------------------
+
+
+class SequencerServer:
+    """Serves one :class:`AuditLog` to any number of worker connections."""
+
+    def __init__(self, audit: AuditLog, path: Path) -> None:
+        self._audit = audit
+        self._path = path
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()  # a socket file a killed sequencer left behind
+        old_umask = os.umask(0o177)  # the socket is created 0600: only this user
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self._path))
+        finally:
+            os.umask(old_umask)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            # Closing each connection ends its reader loop; replies still in flight
+            # fail on the worker's side, which counts them as not committed.
+            for writer in list(self._connections.values()):
+                writer.close()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        replies = _Coalescer(writer)
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    head = await reader.readexactly(_REQUEST.size)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                length, op, tag = _REQUEST.unpack(head)
+                if length > MAX_FRAME:
+                    log.error("a worker sent a %d-byte frame; closing its connection", length)
+                    return
+                payload = await reader.readexactly(length) if length else b""
+                if op == OP_APPEND:
+                    # No task per record: queue it and reply from the future's callback.
+                    try:
+                        future = self._submit(payload)
+                    except AuditUnavailable as exc:
+                        replies.error(tag, exc.detail)
+                        continue
+                    except ValueError as exc:
+                        replies.error(tag, f"malformed record: {exc}")
+                        continue
+                    future.add_done_callback(functools.partial(replies.appended, tag))
+                else:
+                    job = asyncio.create_task(self._answer(replies, op, tag))
+                    pending.add(job)
+                    job.add_done_callback(pending.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            replies.closed = True
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+            self._connections.pop(task, None)
+
+    def _submit(self, payload: bytes) -> asyncio.Future[int]:
+        # Workers are this gateway's own processes and encode canonically; the
+        # sequencer does not parse records (it cost 15% of its loop). A damaged
+        # frame is refused; the offline verifier checks every record's encoding.
+        body, columns, index = decode_append(payload)
+        return self._audit.submit_encoded(body, columns, index)
+
+    async def _answer(self, replies: _Coalescer, op: int, tag: int) -> None:
+        try:
+            if op == OP_CHECKPOINT:
+                reply = msgspec.json.encode(await self._audit.checkpoint())
+            elif op == OP_STATS:
+                reply = msgspec.json.encode(self._stats())
+            else:
+                raise AuditUnavailable(f"unknown sequencer operation {op}")
+        except AuditUnavailable as exc:
+            replies.error(tag, exc.detail)
+            return
+        replies.send(tag, STATUS_OK, reply)
+
+    def _stats(self) -> SequencerStats:
+        s = self._audit.stats
+        return SequencerStats(
+            healthy=self._audit.healthy(),
+            size=self._audit.size,
+            queue_depth=s.queue_depth,
+            last_commit_latency=s.last_commit_latency,
+            last_batch_size=s.last_batch_size,
+            commits=s.commits,
+            records=s.records,
+            failed_batches=s.failed_batches,
+            checkpoints=s.checkpoints,
+        )
+
+
+async def run_sequencer(
+    data_dir: Path,
+    database_url: str | None,
+    path: Path,
+    *,
+    parent_pid: int | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """The sequencer process: open the store, recover, serve until SIGTERM or SIGINT,
+    or until ``parent_pid`` is gone (a gateway killed with -9 leaves no orphan)."""
+    store = AuditStore.open(data_dir=data_dir, url=database_url)
+    try:
+        audit = AuditLog(store, KeyRing.load_or_create(data_dir))
+        await audit.start()
+        try:
+            await close_orphans(audit, store)  # lookups a crash left without an outcome
+            server = SequencerServer(audit, path)
+            await server.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            log.info("audit sequencer listening on %s", path)
+            if ready is not None:
+                ready.set()
+            if parent_pid is not None:
+                watch = asyncio.create_task(_watch_parent(parent_pid, stop))
+            await stop.wait()
+            if parent_pid is not None:
+                watch.cancel()
+            await server.close()
+        finally:
+            await audit.close()
+    finally:
+        store.close()
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    # Polled: no event tells a child that its parent died (prctl is Linux-only).
+    while True:
+        await asyncio.sleep(0.5)
+        if os.getppid() != pid:
+            break
+    log.warning("the gateway that started this sequencer is gone; stopping")
+    stop.set()
+
+
+# -- the worker side ---------------------------------------------------------------------
+
+
+class SequencerClient:
+    """The audit log as a worker sees it: appends go to the sequencer process.
+
+    It has the parts of :class:`AuditLog` the app uses (``append``,
+    ``checkpoint``, ``healthy``, ``stats``, ``size``, ``start``, ``close``).
+    """
+
+    def __init__(
+        self, path: Path, *, stats_interval: float = 0.5, connect_wait: float = 15.0
+    ) -> None:
+        self._path = path
+        self._connect_wait = connect_wait
+        self._interval = stats_interval
+        self._tags = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._remote = SequencerStats(True, 0, 0, 0.0, 0, 0, 0, 0, 0)
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._stats = AuditStats()
+        self._closing = False
+
+    async def start(self) -> None:
+        """Connect, waiting up to ``connect_wait`` seconds for the sequencer to listen."""
+        deadline = asyncio.get_running_loop().time() + self._connect_wait
+        while True:
+            try:
+                await self._connect()
+                break
+            except OSError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AuditUnavailable(f"no audit sequencer answers on {self._path}") from None
+                await asyncio.sleep(0.05)
+        self._tasks.append(asyncio.create_task(self._poll(), name="sequencer-stats"))
+        await self._refresh()
+
+    async def _connect(self) -> None:
+        reader, writer = await asyncio.open_unix_connection(str(self._path))
+        self._writer = writer
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.create_task(self._read(reader), name="sequencer-replies"))
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+            self._writer = None
+        self._fail_pending("the audit log is closed")
+
+    # -- the AuditLog surface ---------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return self._writer is not None and self._remote.healthy
+
+    @property
+    def stats(self) -> AuditStats:
+        r = self._remote
+        s = self._stats
+        s.queue_depth = r.queue_depth + len(self._pending)
+        s.last_commit_latency = r.last_commit_latency
+        s.last_batch_size = r.last_batch_size
+        s.commits, s.records = r.commits, r.records
+        s.failed_batches, s.checkpoints = r.failed_batches, r.checkpoints
+        return s
+
+    @property
+    def size(self) -> int:
+        return self._remote.size
+
+    async def append(self, record: AnyRecord, index: Sequence[str] = ()) -> int:
+        """Durably append ``record`` through the sequencer; return its ``seq``."""
+        body = canonical_bytes(record)
+        frame = encode_append(body, record_columns(record), index)
+        (seq,) = _U64.unpack(await self._call(OP_APPEND, frame))
+        return int(seq)
+
+    async def checkpoint(self) -> Checkpoint:
+        return msgspec.json.decode(await self._call(OP_CHECKPOINT, b""), type=Checkpoint)
+
+    # -- the channel --------------------------------------------------------------------
+
+    async def _call(self, op: int, payload: bytes) -> bytes:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise AuditUnavailable("the audit sequencer is not reachable")
+        tag = next(self._tags) & 0xFFFFFFFF
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[tag] = future
+        # Frames of one event-loop turn leave in one write (one system call).
+        self._out.append(_REQUEST.pack(len(payload), op, tag) + payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if writer.transport.get_write_buffer_size() > 1 << 20:
+            await writer.drain()  # the sequencer is behind: hold this caller, not memory
+        try:
+            return await future
+        finally:
+            self._pending.pop(tag, None)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                length, tag, status = _REPLY.unpack(await reader.readexactly(_REPLY.size))
+                payload = await reader.readexactly(length) if length else b""
+                future = self._pending.get(tag)
+                if future is None or future.done():
+                    continue
+                if status == STATUS_OK:
+                    future.set_result(payload)
+                else:
+                    future.set_exception(AuditUnavailable(payload.decode(errors="replace")))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+            self._fail_pending("the audit sequencer went away; no record was confirmed")
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        writer = self._writer
+        if self._out and writer is not None and not writer.is_closing():
+            writer.write(b"".join(self._out))
+        self._out.clear()
+
+    def _fail_pending(self, why: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(AuditUnavailable(why))
+        self._pending.clear()
+
+    async def _refresh(self) -> None:
+        try:
+            payload = await asyncio.wait_for(self._call(OP_STATS, b""), self._interval * 4)
+            self._remote = msgspec.json.decode(payload, type=SequencerStats)
+        except (AuditUnavailable, TimeoutError, msgspec.DecodeError):
+            self._remote = msgspec.structs.replace(self._remote, healthy=False)
+
+    async def _poll(self) -> None:
+        """Refresh the shared log's stats, and reconnect after the sequencer restarts."""
+        while not self._closing:
+            await asyncio.sleep(self._interval)
+            if self._writer is None:
+                with contextlib.suppress(OSError):
+                    await self._connect()
+            await self._refresh()
