@@ -41,6 +41,7 @@ import logging
 import random
 import re
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -220,11 +221,17 @@ class Proxy:
         except GatewayError as error:
             await self._refuse(scope, send, error, lookup, started)
             return
-        except Exception:
+        except Exception as exc:  # noqa: BLE001  # any bug: a 500 problem, never a crash
             # A bug, not a refusal: the caller still gets a problem with its request
-            # id, and the log names the error type only, never the path (it may hold
-            # an identifier).
-            log.exception("unhandled error in the request path (request %s)", request_id)
+            # id. The log names the error type and where it was raised, never its
+            # message or the path: either may hold an identifier.
+            where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
+            log.error(
+                "unhandled %s in the request path (request %s)\n%s",
+                type(exc).__name__,
+                request_id,
+                where,
+            )
             internal = GatewayError("the gateway could not handle this request")
             await self._refuse(scope, send, internal, lookup, started)
             return
@@ -326,24 +333,11 @@ class Proxy:
         """Who asks, for which purpose, about whom: or a refusal that names no one."""
         rt = self.rt
         policy = rt.policy.current
-        upstream_name, path, query = self._split_target(scope)
-        upstream = rt.upstream(policy, upstream_name)
-        if upstream is None:
-            raise NotFound("no upstream of that name is configured", code="upstream.unknown")
-        lookup.upstream = upstream_name
-        lookup.version = policy.version
-        headers = InboundHeaders(scope["headers"])
-        headers.check_host(scope.get("http_version", "1.1"))
+        try:
+            upstream, headers, path, query, client = self._identify_client(scope, lookup, policy)
+        except GatewayError as error:
+            raise self.refuse_unidentified(error) from None
         method: str = scope["method"]
-        if method not in ("POST", "PUT", "PATCH"):
-            headers.check_no_body(self.limits.max_request_body)
-
-        client_id, query = self._authenticate(headers, query, upstream, policy)
-        client = policy.clients.get(client_id) if client_id is not None else None
-        if client is None:
-            raise self.refuse_unidentified(
-                Unauthenticated("a valid gateway key is required (Bearer or the API's key slot)")
-            )
         lookup.client, lookup.client_kind = client.id, client.kind
 
         purpose = headers.get_one("x-purpose", code="request.ambiguous_purpose")
@@ -388,11 +382,32 @@ class Proxy:
             pseudonyms=pseudonyms,
         )
 
+    def _identify_client(
+        self, scope: _Scope, lookup: _Lookup, policy: CompiledPolicy
+    ) -> tuple[UpstreamRuntime, InboundHeaders, str, list[tuple[str, str]], Client]:
+        """Target, headers and key checks: everything before a client is known."""
+        upstream_name, path, query = self._split_target(scope)
+        upstream = self.rt.upstream(policy, upstream_name)
+        if upstream is None:
+            raise NotFound("no upstream of that name is configured", code="upstream.unknown")
+        lookup.upstream = upstream_name
+        lookup.version = policy.version
+        headers = InboundHeaders(scope["headers"])
+        headers.check_host(scope.get("http_version", "1.1"))
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            headers.check_no_body(self.limits.max_request_body)
+        client_id, query = self._authenticate(headers, query, upstream, policy)
+        client = policy.clients.get(client_id) if client_id is not None else None
+        if client is None:
+            raise Unauthenticated("a valid gateway key is required (Bearer or the API's key slot)")
+        return upstream, headers, path, query, client
+
     def refuse_unidentified(self, error: GatewayError) -> GatewayError:
-        """The refusal of a request no client could be identified for (bad or no key).
+        """The refusal of a request no client could be identified for: a bad or
+        missing key, a malformed target or header, an unknown upstream.
 
         One place, so that refusals which concern no client can be counted and
-        aggregated apart from lookups."""
+        aggregated apart from lookups (decision 0001 §5)."""
         return error
 
     # -- 2. decide ---------------------------------------------------------------------

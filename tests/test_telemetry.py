@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,6 +28,10 @@ def test_a_lookup_is_a_span_with_an_upstream_child_and_no_subject(
 
     r = client.get("/klout/v2/identity.json/twitter", params={**CRM, "screenName": "alice_example"})
     assert r.status_code == 200
+    # The lookup span ends just after the answer is sent: give it a moment.
+    deadline = time.monotonic() + 2
+    while len(exporter.get_finished_spans()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"gateway.lookup", "gateway.upstream"}
     lookup, upstream = spans["gateway.lookup"], spans["gateway.upstream"]
