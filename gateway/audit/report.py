@@ -16,8 +16,8 @@ figures and the verification result always come from the same bytes):
 rules): a denied lookup whose client kind is ``hr`` or whose purpose is
 ``employment`` or under it. A denial is attributed to the deny rules among its
 matched rules (from the policy given, plus the gateway's own ``policy.*`` and
-``terms.*`` rules); a limit refusal to the limit rules it matched; a refusal with
-no such rule to its error code.
+``terms.*`` rules; a rule the policy does not name counts too); a limit refusal to
+the limit rules it matched; a refusal with no such rule to its error code.
 
 The HTML is one self-contained file: inline CSS, inline SVG charts, a few lines
 of inline script for sorting tables; no external asset, no network, works offline.
@@ -238,7 +238,8 @@ class _Builder:
 
     def _denying_rules(self, lookup: Lookup) -> list[str]:
         wanted = "limit" if lookup.error == "limit.exceeded" else "deny"
-        found = [r for r in lookup.rules if self._action(r) == wanted]
+        # A rule the policy does not name (none given, or renamed since) may be the one.
+        found = [r for r in lookup.rules if self._action(r) in (wanted, None)]
         if found:
             return found
         if wanted == "limit":

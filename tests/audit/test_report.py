@@ -27,12 +27,14 @@ from gateway.audit.report import anchor
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 from gateway.cli import main
+from gateway.policies.compile import load_policy
 from tests.audit.traffic import (
     OBJECTIONS,
     Planned,
     aggregates,
     as_logged,
     build_log,
+    fill_store,
     format_1,
     plan,
 )
@@ -324,6 +326,23 @@ def test_a_window_does_not_count_an_outcome_whose_intent_is_before_it() -> None:
     report = build_report(iter_events(bodies, since=since), source="fixture", since=since)
     assert report.lookups == 1  # the denial only
     assert report.refused_unidentified == 3  # the aggregate, which starts inside
+
+
+def test_report_of_a_postgres_store(pg_store: AuditStore, keyring: KeyRing) -> None:
+    """The shared PostgreSQL store gives the same figures as the plan."""
+    from gateway.audit.report import report_from_store
+
+    planned = plan(1_200, seed=13)
+    records = fill_store(pg_store, keyring, planned)
+    report = report_from_store(pg_store, keyring, policy=load_policy(SHIPPED_POLICY))
+    want = expected_figures(planned)
+    assert report.lookups == want["lookups"]
+    assert {k: v for k, v in report.by_decision.items() if v} == want["by_decision"]
+    assert report.hiring_blocked == want["hiring_blocked"]
+    assert report.denials_by_rule == want["denials_by_rule"]
+    assert report.verification is not None
+    assert report.verification.ok
+    assert report.verification.tree_size == records
 
 
 def _chart_sizes(dom: str) -> list[tuple[int, int]]:

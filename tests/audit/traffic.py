@@ -298,16 +298,23 @@ async def write_traffic(log: AuditLog, planned: list[Planned], *, per_round: int
 
 def build_log(data_dir: Path, planned: list[Planned]) -> int:
     """A store in ``data_dir`` holding ``planned``, through the real AuditLog; records."""
+    keyring = KeyRing.load_or_create(data_dir)
+    store = AuditStore.open(data_dir=data_dir)
+    try:
+        return fill_store(store, keyring, planned)
+    finally:
+        store.close()
+
+
+def fill_store(store: AuditStore, keyring: KeyRing, planned: list[Planned]) -> int:
+    """Write ``planned`` into ``store`` (SQLite or PostgreSQL) through the real AuditLog."""
 
     async def run() -> int:
-        keyring = KeyRing.load_or_create(data_dir)
-        store = AuditStore.open(data_dir=data_dir)
         log = AuditLog(store, keyring)
         await log.start()
         try:
             return await write_traffic(log, planned)
         finally:
             await log.close()
-            store.close()
 
     return asyncio.run(run())
