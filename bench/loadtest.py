@@ -508,7 +508,9 @@ def _passthrough(workers: int, mode: str) -> Callable[[Context, int, Path], Serv
     return start
 
 
-def _gateway(workers: int, postgres: bool) -> Callable[[Context, int, Path], Server]:
+def _gateway(
+    workers: int, postgres: bool, sequencer: str = "auto"
+) -> Callable[[Context, int, Path], Server]:
     def start(ctx: Context, port: int, run_dir: Path) -> Server:
         argv = [
             str(BIN / "python"),
@@ -528,11 +530,17 @@ def _gateway(workers: int, postgres: bool) -> Callable[[Context, int, Path], Ser
             str(run_dir / "gateway"),
             "--workers",
             str(workers),
+            "--audit-sequencer",
+            sequencer,
         ]
         if postgres:
             reset_schema(ctx.database_url, ctx.schema)
             argv += ["--database-url", schema_url(ctx.database_url, ctx.schema)]
-        name = f"gateway-{workers}w" + ("-pg" if postgres else "")
+        name = (
+            f"gateway-{workers}w"
+            + ("-pg" if postgres else "")
+            + ("-seq" if sequencer == "process" and workers == 1 else "")
+        )
         return Server(
             name,
             argv,
@@ -570,6 +578,12 @@ ROWS: dict[str, Row] = {
         ),
         Row("g1", "gateway, 1 worker, audit on SQLite", GATEWAY_PATH, _gateway(1, False)),
         Row("g1-pg", "gateway, 1 worker, audit on PostgreSQL", GATEWAY_PATH, _gateway(1, True)),
+        Row(
+            "g1s",
+            "gateway, 1 worker, audit sequencer process (same CPU), SQLite",
+            GATEWAY_PATH,
+            _gateway(1, False, "process"),
+        ),
         Row("g2", "gateway, 2 workers, one audit log on SQLite", GATEWAY_PATH, _gateway(2, False)),
     )
 }
