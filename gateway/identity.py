@@ -132,7 +132,15 @@ class IdentityGraph:
                 self._apply(changes.rev, changes.members, changes.objections, changes.issued)
             now = time.monotonic()
             if now - self._lengths_at >= self._lengths_interval:
-                self._lengths = await asyncio.to_thread(self.store.lengths)
+                stored = await asyncio.to_thread(self.store.lengths)
+                # Lengths seen here whose claim is still queued are not in the store
+                # yet: keep them, or the first neutral ids after a refresh would take
+                # the default length, and keep it for good (one id per person).
+                for namespace, counts in self._lengths.items():
+                    merged = stored.setdefault(namespace, {})
+                    for length, count in counts.items():
+                        merged[length] = max(merged.get(length, 0), count)
+                self._lengths = stored
                 self._lengths_at = now
 
     def _apply(

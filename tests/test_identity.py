@@ -300,3 +300,26 @@ def test_a_link_to_an_objected_person_objects_at_once_and_the_policy_list_expand
             await graph.close()
 
     asyncio.run(run())
+
+
+def test_a_length_seen_before_its_claim_is_stored_survives_a_refresh(tmp_path: Path) -> None:
+    """A real kloutId seen in an answer shapes the next neutral ids at once, even when
+    a refresh of the stored lengths comes before its claim is written (the first
+    neutral id of a person is theirs for good, so it must not take the default)."""
+    store, pseudonyms = _graph_pair(tmp_path)
+    owner = pseudonyms.pseudonym("twitter_screen_name", "carol_optedout")
+
+    async def run() -> str:
+        graph = IdentityGraph(store, pseudonyms, lengths_interval=0.0)
+        await graph.start()
+        writer = next(t for t in graph._tasks if t.get_name() == "identity-links")
+        writer.cancel()  # the claim stays queued, as in the moment after an answer
+        try:
+            graph.saw_real(pseudonyms.pseudonym("klout_id", "5001"), "klout_id", 4)
+            await graph.refresh()  # reads the stored lengths: none yet
+            assert store.lengths() == {}
+            return await graph.neutral_id("klout_id", owner, (18, 18))
+        finally:
+            await graph.close()
+
+    assert len(asyncio.run(run())) == 4
