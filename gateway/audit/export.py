@@ -1,4 +1,4 @@
-"""Streaming audit export: one self-contained, offline-verifiable JSONL file (or CSV).
+"""Streaming audit export: one self-contained, offline-verifiable JSONL file.
 
 JSONL format ``score-gateway-audit-export/2`` (``/1`` files, without pruned lines
 and with format-1 checkpoints only, stay valid and verify). Every line is one JSON object in
@@ -43,20 +43,17 @@ leaves, so the verifier recomputes every root and checks the final signed
 checkpoint exactly as for a full export; it learns nothing about the left-out
 records but their count and subtree hashes.
 
-CSV (``format="csv"``) is for spreadsheets only: it carries no hashes or
-signatures and cannot be verified. Cells that a spreadsheet would run as a
-formula (leading ``=``, ``+``, ``-``, ``@``, tab, CR) are prefixed with ``'``
-(OWASP "CSV injection").
+The CSV for spreadsheets (one row per lookup, or per record) is
+:mod:`gateway.audit.lookup_csv`: it carries no hashes or signatures and cannot be
+verified.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import IO
 
@@ -64,7 +61,7 @@ import msgspec
 
 from gateway.audit.checkpoint import Checkpoint, b64, sign_checkpoint
 from gateway.audit.merkle import RangeBuilder
-from gateway.audit.record import decode_record, rfc3339
+from gateway.audit.record import rfc3339
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
 
@@ -407,51 +404,3 @@ def export_jsonl(
         last = chunk
     seal: SealLine = msgspec.json.decode(last[last.rfind(b"\n", 0, -1) + 1 :], type=SealLine)
     return seal
-
-
-CSV_COLUMNS = (
-    "seq", "time", "kind", "request_id", "client", "client_kind", "purpose", "upstream",
-    "route", "subjects", "people", "decision", "rules", "policy_version", "outcome",
-    "upstream_status", "status", "latency_ms", "error", "detail", "actor", "role", "count",
-)  # fmt: skip
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        value = " ".join(value)
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def export_csv(
-    store: AuditStore,
-    out: IO[str],
-    *,
-    since: str | None = None,
-    until: str | None = None,
-) -> int:
-    """Write records as CSV (not verifiable); return how many."""
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    size = store.head().size
-    count = 0
-    for row in store.iter_records(0, size):
-        if (since is not None and row.time < since) or (until is not None and row.time >= until):
-            continue
-        if not row.body:
-            continue  # pruned by retention
-        record = decode_record(row.body)
-        fields = msgspec.structs.asdict(record)
-        # Format 2 names people by commitments, which mean nothing in a
-        # spreadsheet: the cell says how many people, by role.
-        people = fields.pop("people", None)
-        if people:
-            roles = Counter(p.r for p in people)
-            fields["people"] = " ".join(f"{n} {role}" for role, n in sorted(roles.items()))
-        writer.writerow([str(row.seq), *(_cell(fields.get(name)) for name in CSV_COLUMNS[1:])])
-        count += 1
-    return count
