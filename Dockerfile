@@ -3,13 +3,13 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY requirements/dev.lock ./requirements/dev.lock
+COPY requirements.txt ./requirements.txt
 COPY pyproject.toml README.md policies.yaml ./
 COPY policy-tests ./policy-tests
 COPY gateway ./gateway
 # The runtime dependencies at exactly the versions of the lock (hash-checked), then
 # the gateway's own wheel (it carries the shipped policy, its cases and the schema).
-RUN pip download --no-cache-dir --no-deps --require-hashes -r requirements/dev.lock -d /wheels \
+RUN pip download --no-cache-dir --no-deps --require-hashes -r requirements.txt -d /wheels \
  && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

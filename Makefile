@@ -1,11 +1,11 @@
 # Two commands for a fresh clone: `make demo` and `make test`.
-# Both install exactly the locked set in requirements/dev.lock (pip with
+# Both install exactly the locked set in requirements.txt (pip with
 # --require-hashes), so every machine runs the same versions. `make upgrade`
 # refreshes the lock from pyproject.toml and runs the suite.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-LOCK   := requirements/dev.lock
+LOCK   := requirements.txt
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck check upgrade clean
