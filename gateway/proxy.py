@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import msgspec
 from opentelemetry.trace import SpanKind
 
-from gateway.audit.record import AuditRecord, PersonRef, PersonRole, rfc3339
+from gateway.audit.record import AuditRecord, PersonRole, rfc3339
 from gateway.cache import CacheKey
 from gateway.errors import (
     AuditUnavailable,
@@ -268,7 +268,7 @@ class Proxy:
             # The intent is in the log but its outcome is not: record the failure
             # as soon as the store takes records again (no score was returned).
             lookup.decision = "error"
-            rt.backlog.add(self._record("lookup", request_id, lookup, started), self._index(lookup))
+            rt.backlog.add(*self._entry("lookup", request_id, lookup, started))
         if not isinstance(error, AuditUnavailable) and not lookup.refused_stranger:
             # Every lookup attempt is audited, refused ones too (unknown key,
             # bad path): each X-Request-Id a caller holds has its record. The
@@ -277,8 +277,7 @@ class Proxy:
             try:
                 await self._audit("lookup", request_id, lookup, started)
             except AuditUnavailable:
-                record = self._record("lookup", request_id, lookup, started)
-                rt.backlog.add(record, self._index(lookup))
+                rt.backlog.add(*self._entry("lookup", request_id, lookup, started))
         rt.metrics.lookup(lookup, time.perf_counter() - started)
         await _respond(send, status, headers, body)
 
@@ -852,7 +851,30 @@ class Proxy:
             return [(b"x-gateway-neutralized", b"true")]
         return []
 
-    def _record(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> AuditRecord:
+    def _entry(
+        self, kind: str, request_id: str, lookup: _Lookup, started: float
+    ) -> tuple[AuditRecord, list[str]]:
+        """The record of one phase and the pseudonyms of everyone in it (for the store's
+        subject index), from one pass over the people: their pseudonyms are keyed
+        HMACs, paid once per record rather than once for the record and once for the
+        index."""
+        outcome = None if kind == "lookup.intent" else lookup.outcome
+        triples = self._person_triples(lookup, outcome)
+        if outcome is None and lookup.people:
+            # No outcome, but the answer was read: index everyone it showed too.
+            index = [p for p, _, _ in self._person_triples(lookup, "error")]
+        else:
+            index = [p for p, _, _ in triples]
+        return self._record(kind, request_id, lookup, started, triples), index
+
+    def _record(
+        self,
+        kind: str,
+        request_id: str,
+        lookup: _Lookup,
+        started: float,
+        triples: list[tuple[str, PersonRole, str | None]],
+    ) -> AuditRecord:
         """The format-2 record of one phase (docs/decisions/0001-audit-record-format.md §3).
 
         The intent holds what is known before the call; the outcome after an intent
@@ -860,6 +882,9 @@ class Proxy:
         intent gets one record with everything.
         """
         now = rfc3339(self.rt.clock())
+        # The record's people (decision 0001 §4): those asked about, with their own
+        # outcome once known, then everyone the answer disclosed or withheld.
+        people = self.rt.people.refs(request_id, triples) if triples else []
         if kind == "lookup.intent":
             return AuditRecord(
                 kind=kind,
@@ -870,13 +895,12 @@ class Proxy:
                 purpose=lookup.purpose,
                 upstream=lookup.upstream,
                 route=lookup.route,
-                people=self._people(request_id, lookup, None),
+                people=people,
                 decision=lookup.decision,
                 rules=lookup.rules,
                 policy_version=lookup.version,
             )
         latency = round((time.perf_counter() - started) * 1000, 3)
-        people = self._people(request_id, lookup, lookup.outcome)
         if lookup.intent_committed:
             return AuditRecord(
                 kind=kind,
@@ -912,12 +936,6 @@ class Proxy:
             detail=lookup.detail,
         )
 
-    def _people(self, request_id: str, lookup: _Lookup, outcome: str | None) -> list[PersonRef]:
-        """The record's people (decision 0001 §4): those asked about, with their own
-        outcome once known, then everyone the answer disclosed or withheld."""
-        triples = self._person_triples(lookup, outcome)
-        return self.rt.people.refs(request_id, triples) if triples else []
-
     def _person_triples(
         self, lookup: _Lookup, outcome: str | None
     ) -> list[tuple[str, PersonRole, str | None]]:
@@ -935,15 +953,11 @@ class Proxy:
             triples += [(pseudonym(s.namespace, s.identifier), role, person_outcome) for s in shown]
         return triples
 
-    def _index(self, lookup: _Lookup) -> list[str]:
-        """Pseudonyms of everyone in the record, for the store's subject index."""
-        return [p for p, _, _ in self._person_triples(lookup, lookup.outcome or "error")]
-
     async def _audit(self, kind: str, request_id: str, lookup: _Lookup, started: float) -> None:
         rt = self.rt
-        record = self._record(kind, request_id, lookup, started)
+        record, index = self._entry(kind, request_id, lookup, started)
         try:
-            await rt.audit.append(record, self._index(lookup))
+            await rt.audit.append(record, index)
         except AuditUnavailable:
             raise
         except Exception as exc:  # any store failure must fail closed
