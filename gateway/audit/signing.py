@@ -87,7 +87,8 @@ def verify_signature(public_key: Ed25519PublicKey, signature: bytes, message: by
     return True
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``path`` whole or not at all (temp file, fsync, rename, fsync of the dir)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -226,10 +227,10 @@ class KeyRing:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_atomic(directory / f"{key_id}{PRIVATE_SUFFIX}", pem, 0o600)
-        _write_atomic(
+        write_atomic(directory / f"{key_id}{PRIVATE_SUFFIX}", pem, 0o600)
+        write_atomic(
             directory / f"{key_id}{PUBLIC_SUFFIX}", public_pem(private.public_key()), 0o644
         )
         # The pointer moves last: a crash before this line leaves the old key active.
-        _write_atomic(directory / ACTIVE_FILE, f"{key_id}\n".encode(), 0o644)
+        write_atomic(directory / ACTIVE_FILE, f"{key_id}\n".encode(), 0o644)
         return cls(directory, private, public)

@@ -39,7 +39,6 @@ import binascii
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import threading
@@ -62,6 +61,7 @@ from gateway.audit.note import (
     parse_vkey,
     verify_log_signature,
 )
+from gateway.audit.signing import write_atomic
 
 log = logging.getLogger("gateway.witness")
 
@@ -85,25 +85,6 @@ class Answer:
     content_type: str = "text/plain; charset=utf-8"
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def load_or_create_key(data_dir: Path, name: str) -> tuple[Ed25519PrivateKey, WitnessKey]:
     """The witness's key (created on first use, mode 0600) and its public vkey, which
     names the witness: a later start under another name is refused."""
@@ -123,7 +104,7 @@ def load_or_create_key(data_dir: Path, name: str) -> tuple[Ed25519PrivateKey, Wi
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_atomic(key_path, pem, 0o600)
+        write_atomic(key_path, pem, 0o600)
     public = WitnessKey(name, private.public_key())
     try:
         vkey = public.vkey()
@@ -136,7 +117,7 @@ def load_or_create_key(data_dir: Path, name: str) -> tuple[Ed25519PrivateKey, Wi
                 f"{vkey_path} names this witness {existing.split('+', 1)[0]!r}, not {name!r}: "
                 "a witness keeps its name (its key ID depends on it)"
             )
-    _write_atomic(vkey_path, (vkey + "\n").encode())
+    write_atomic(vkey_path, (vkey + "\n").encode())
     return private, public
 
 
@@ -201,7 +182,7 @@ class Witness:
             for origin, (size, root) in sorted(self._state.items())
         }
         data = json.dumps({"format": 1, "logs": logs}, indent=1).encode() + b"\n"
-        _write_atomic(self._state_path, data)
+        write_atomic(self._state_path, data)
 
     def state(self, origin: str) -> tuple[int, bytes] | None:
         with self._lock:
