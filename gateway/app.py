@@ -245,7 +245,7 @@ async def _start(
         if pusher is not None:
             pusher.start()
         await close_orphans(audit, store)  # lookups a crash left without an outcome
-    backlog = OutcomeBacklog(audit)
+    backlog = OutcomeBacklog(audit, store=store)
     backlog.start()
     stack.push_async_callback(backlog.stop)
     # Stopped before the backlog and the log (the stack unwinds in reverse), so the

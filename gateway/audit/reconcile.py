@@ -26,7 +26,7 @@ import msgspec
 
 from gateway.audit.log import AuditLog
 from gateway.audit.record import AnyRecord, AuditRecord, decode_record, rfc3339
-from gateway.audit.store import AuditStore
+from gateway.audit.store import AuditStore, StoreError
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.audit")
@@ -95,14 +95,32 @@ async def close_orphans(audit: AuditLog, store: AuditStore) -> int:
 class _Appender(Protocol):
     async def append(self, record: AnyRecord, index: Sequence[str] = ()) -> int: ...
 
+    @property
+    def size(self) -> int: ...
+
 
 class OutcomeBacklog:
-    """Outcome records the store refused, appended again once it recovers."""
+    """Outcome records the store refused, appended again once it recovers.
 
-    def __init__(self, audit: _Appender, interval: float = 1.0, limit: int = 100_000) -> None:
+    A commit can fail on the caller's side after the database made it durable (the
+    connection is lost before the acknowledgement). With ``store``, each record is
+    looked for in the log's tail since it was refused before it is appended again,
+    so such a record is not written twice.
+    """
+
+    def __init__(
+        self,
+        audit: _Appender,
+        interval: float = 1.0,
+        limit: int = 100_000,
+        *,
+        store: AuditStore | None = None,
+    ) -> None:
         self._audit = audit
+        self._store = store
         self._interval = interval
-        self._pending: deque[tuple[AnyRecord, tuple[str, ...]]] = deque()
+        # (record, index, the log's size when it was refused)
+        self._pending: deque[tuple[AnyRecord, tuple[str, ...], int]] = deque()
         self._limit = limit
         self._task: asyncio.Task[None] | None = None
         self._flushing = False
@@ -112,7 +130,7 @@ class OutcomeBacklog:
             # The intent stays open in the log; start-up closes it. Memory stays bounded.
             log.error("outcome backlog full; an open intent is left for start-up to close")
             return
-        self._pending.append((record, tuple(index)))
+        self._pending.append((record, tuple(index), self._audit.size))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -125,9 +143,13 @@ class OutcomeBacklog:
         self._flushing = True
         try:
             while self._pending:
+                record, index, since = self._pending[0]
                 try:
-                    await self._audit.append(*self._pending[0])
-                except GatewayError:
+                    if self._store is None or not await asyncio.to_thread(
+                        self._store.has_record, record.request_id, record.kind, since
+                    ):
+                        await self._audit.append(record, index)
+                except (GatewayError, StoreError):
                     return
                 self._pending.popleft()
         finally:

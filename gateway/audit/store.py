@@ -712,6 +712,22 @@ class AuditStore:
             ).scalar_one_or_none()
         return None if packed is None else Frontier.unpack(size, bytes(packed))
 
+    def has_record(self, request_id: str, kind: str, since: int) -> bool:
+        """Whether a record of ``kind`` for ``request_id`` is committed at ``seq >=
+        since``: a scan of the log's tail only (``seq`` is the primary key)."""
+        query = (
+            select(RECORDS.c.seq)
+            .where(RECORDS.c.seq >= since)
+            .where(RECORDS.c.request_id == request_id)
+            .where(RECORDS.c.kind == kind)
+            .limit(1)
+        )
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).first() is not None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"audit read failed: {exc.__class__.__name__}") from exc
+
     def count_records(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM audit_record")).scalar_one())
