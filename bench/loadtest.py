@@ -339,6 +339,26 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
+    """utime and stime per thread name (``main`` for each process's first thread,
+    other names without their trailing digits), summed over the processes, in
+    seconds: ``{"main user": ..., "main sys": ..., ...}``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    stat = (task / "stat").read_text()
+                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    name = "main" if task.name == str(pid) else re.sub(r"[0-9]+$", "", name)
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    for part, value in (("user", fields[11]), ("sys", fields[12])):
+                        key = f"{name} {part}"
+                        totals[key] = totals.get(key, 0.0) + int(value) / ticks
+    return totals
+
+
 def cpu_times() -> dict[str, tuple[int, int]]:
     """Per-CPU (busy, total) jiffies from /proc/stat."""
     result: dict[str, tuple[int, int]] = {}
@@ -665,6 +685,7 @@ def measure_row(
         run_wrk(url, script, row.path, seconds=args.warmup, connections=args.connections)
         pids = server.pids() if server is not None else []
         cpu_before, busy_before = cpu_seconds(pids), cpu_times()
+        threads_before = thread_cpu_seconds(pids)
         if server is not None:
             with RssSampler(server, 1.0) as sampler:
                 wrk = run_wrk(
@@ -680,6 +701,13 @@ def measure_row(
         if server is not None:
             used = cpu_seconds(server.pids()) - cpu_before
             result["server_cpu_us_per_req"] = round(used / max(1, wrk["requests"]) * 1e6, 1)
+            threads_after = thread_cpu_seconds(server.pids())
+            requests = max(1, wrk["requests"])
+            result["thread_cpu_us_per_req"] = {
+                name: round((spent - threads_before.get(name, 0.0)) / requests * 1e6, 1)
+                for name, spent in sorted(threads_after.items())
+                if spent - threads_before.get(name, 0.0) > 0
+            }
             server.check_alive()
         result.update(wrk)
     finally:
@@ -896,6 +924,8 @@ def _progress(result: dict[str, Any]) -> str:
     )
     if "server_cpu_us_per_req" in result:
         text += f", {result['server_cpu_us_per_req']} µs CPU/req, RSS {result['rss_peak_mb']} MB"
+    if result.get("thread_cpu_us_per_req"):
+        text += f", by thread {result['thread_cpu_us_per_req']}"
     return text
 
 

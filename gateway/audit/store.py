@@ -7,13 +7,20 @@ Tables (all prefixed ``audit_``):
   ``leaf_hash`` (``SHA-256(0x00 || body)``), and copies of a few fields for
   admin queries (``time``, ``kind``, ``request_id``, ``client``, ``purpose``,
   ``upstream``). The copies are conveniences; ``body`` is the evidence.
-* ``audit_subject``: ``(tag, seq)`` per subject of a record, the primary key, for
-  subject access. ``tag`` is the first 8 bytes of SHA-256 of the pseudonym (a
-  signed 64-bit integer, :func:`subject_tag`): the index takes 16 bytes a row
-  instead of ~90, which matters because subject keys arrive in random order and
-  every batch dirties index pages all over the b-tree (measured on SQLite:
-  36k rows/s against 21k with the text key, 55k with no subject index). Lookups
-  re-check the full pseudonym in the record body.
+* ``audit_subject_block``: the subject index, one row per committed batch:
+  ``first_seq`` (primary key), ``end_seq`` and ``refs``, the batch's references
+  packed as 12-byte entries (an 8-byte tag of the pseudonym, :func:`subject_key`,
+  then the record's offset from ``first_seq``, 4 bytes big-endian). It is
+  append-only, so a commit writes one row at the right edge of one b-tree. A
+  b-tree keyed by the tag took keys in random order: every batch dirtied pages all
+  over it, and each dirty page went to the WAL with its fsync. With 64 lookups in
+  flight that index cost more than everything else the gateway does: 1,105 req/s
+  with it against 2,491 without, on one core (``bench/README.md``). Subject
+  access scans the blocks in the database (``instr`` on SQLite, ``position`` on
+  PostgreSQL, both in C) and re-checks each hit in Python and then against the
+  record body, so tag collisions and unaligned matches are dropped.
+* ``audit_subject``: ``(tag, seq)`` rows written by releases before the block
+  index; still read by subject access and cleared by retention, never written.
 * ``audit_head``: one row (``id = 1``): the tree ``size`` and its packed frontier
   (:class:`gateway.audit.merkle.Frontier`), updated in the same transaction as
   the records it covers, so after a crash at any moment the head matches the rows.
@@ -102,7 +109,8 @@ MAX_PARAMETERS = 32766
 RECORD_COLUMNS = (
     "seq", "time", "kind", "request_id", "client", "purpose", "upstream", "leaf_hash", "body",
 )  # fmt: skip
-SUBJECT_COLUMNS = ("tag", "seq")
+BLOCK_COLUMNS = ("first_seq", "end_seq", "refs")
+REF_SIZE = 12  # bytes per subject reference in a block: 8 of tag, 4 of offset
 
 
 class RecordRow(SQLModel, table=True):
@@ -133,6 +141,18 @@ class SubjectRow(SQLModel, table=True):
     seq: int = Field(
         primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
     )
+
+
+class SubjectBlockRow(SQLModel, table=True):
+    """The subject references of one committed batch (see the module docstring)."""
+
+    __tablename__ = "audit_subject_block"
+
+    first_seq: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    end_seq: int = Field(sa_type=BigInteger)
+    refs: bytes = Field(sa_type=LargeBinary)
 
 
 class HeadRow(SQLModel, table=True):
@@ -184,11 +204,12 @@ def _table(model: type[SQLModel]) -> Table:
 
 RECORDS = _table(RecordRow)
 SUBJECTS = _table(SubjectRow)
+BLOCKS = _table(SubjectBlockRow)
 HEAD = _table(HeadRow)
 CHECKPOINTS = _table(CheckpointRow)
 META = _table(MetaRow)
 COSIGNATURES = _table(CosignatureRow)
-TABLES = [RECORDS, SUBJECTS, HEAD, CHECKPOINTS, META, COSIGNATURES]
+TABLES = [RECORDS, SUBJECTS, BLOCKS, HEAD, CHECKPOINTS, META, COSIGNATURES]
 
 
 class StoreError(Exception):
@@ -245,6 +266,29 @@ def subject_tag(pseudonym: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+_HEAD = "SELECT size, frontier FROM audit_head WHERE id = 1"
+_HEAD_FOR_UPDATE = _HEAD + " FOR UPDATE"
+_SET_HEAD = "UPDATE audit_head SET size = ?, frontier = ? WHERE id = 1"
+_SET_HEAD_PG = "UPDATE audit_head SET size = %s, frontier = %s WHERE id = 1"
+
+
+def subject_key(pseudonym: str) -> bytes:
+    """The 8 bytes a block stores for a pseudonym: :func:`subject_tag`, big-endian."""
+    return subject_tag(pseudonym).to_bytes(8, "big", signed=True)
+
+
+def block_seqs(first_seq: int, refs: bytes, keys: Sequence[bytes]) -> set[int]:
+    """The seqs a block's ``refs`` give for any of ``keys`` (aligned matches only)."""
+    found: set[int] = set()
+    for key in keys:
+        at = refs.find(key)
+        while at >= 0:
+            if at % REF_SIZE == 0:
+                found.add(first_seq + int.from_bytes(refs[at + 8 : at + REF_SIZE], "big"))
+            at = refs.find(key, at + 1)
+    return found
+
+
 def database_url(url: str) -> str:
     """Pin PostgreSQL URLs to psycopg 3 (``postgresql://`` would pick psycopg2)."""
     for prefix in ("postgresql://", "postgres://"):
@@ -289,6 +333,9 @@ class AuditStore:
         self._writer: Connection | None = None
         self._origin: str | None = None
         self._insert_sql: dict[tuple[str, int], str] = {}
+        # The driver's own exception base (sqlite3.Error, psycopg.Error): the writer
+        # talks to the driver directly.
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
 
     @classmethod
     def open(
@@ -385,19 +432,30 @@ class AuditStore:
 
         ``frontier`` is not modified. On any failure nothing is committed and
         :class:`StoreError` is raised; the writer connection is discarded.
+
+        The batch goes to the driver directly, five statements and a commit, with
+        no SQLAlchemy in between: each driver call releases and re-takes the GIL,
+        which the event loop holds most of the time, and SQLAlchemy's statement
+        building cost ~350 µs of CPU per commit here against ~25 µs for the
+        driver's own work (``bench/README.md``).
         """
         try:
             conn = self._writer_connection()
-            with conn.begin():
-                head = select(HEAD.c.size, HEAD.c.frontier).where(HEAD.c.id == 1)
-                if self._postgres:
-                    head = head.with_for_update()
-                size, packed = conn.execute(head).one()
-                base = frontier if size == frontier.size else Frontier.unpack(size, packed)
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            cursor = driver.cursor()
+            try:
+                if self._postgres:  # psycopg opens the transaction with the first statement
+                    cursor.execute(_HEAD_FOR_UPDATE)
+                else:  # the write lock now, not at the first insert (another process may hold it)
+                    cursor.execute("BEGIN IMMEDIATE")
+                    cursor.execute(_HEAD)
+                size, packed = cursor.fetchone()
+                base = frontier if size == frontier.size else Frontier.unpack(size, bytes(packed))
                 new = base.copy()
                 first = new.size
                 rows: list[tuple[Any, ...]] = []
-                subjects: list[tuple[Any, ...]] = []
+                refs = bytearray()
                 for item in batch:
                     seq = new.size
                     new.append(item.leaf)
@@ -408,43 +466,55 @@ class AuditStore:
                         columns = record_columns(r)
                     rows.append((seq, *columns, item.leaf, item.body))
                     index = item.index or (record_subjects(r) if r is not None else ())
-                    for tag in {subject_tag(p) for p in index}:
-                        subjects.append((tag, seq))
-                self._insert(conn, RECORDS, RECORD_COLUMNS, rows)
-                if subjects:
-                    self._insert(conn, SUBJECTS, SUBJECT_COLUMNS, subjects)
-                conn.execute(
-                    update(HEAD).where(HEAD.c.id == 1).values(size=new.size, frontier=new.packed())
+                    if index:
+                        offset = (seq - first).to_bytes(4, "big")
+                        for key in {subject_key(p) for p in index}:
+                            refs += key
+                            refs += offset
+                self._insert(cursor, RECORDS, RECORD_COLUMNS, rows)
+                if refs:
+                    self._insert(cursor, BLOCKS, BLOCK_COLUMNS, [(first, new.size, bytes(refs))])
+                cursor.execute(
+                    _SET_HEAD_PG if self._postgres else _SET_HEAD, (new.size, new.packed())
                 )
-        except (SQLAlchemyError, OSError) as exc:
+                if self._postgres:
+                    driver.commit()
+                else:
+                    cursor.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    if self._postgres:
+                        driver.rollback()
+                    else:
+                        cursor.execute("ROLLBACK")
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+        except (SQLAlchemyError, OSError, self._driver_error) as exc:
             self._discard_writer()
             raise StoreError(f"audit append failed: {exc.__class__.__name__}: {exc}") from exc
         return first, new
 
     def _insert(
-        self, conn: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+        self, cursor: Any, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
     ) -> None:
-        """Insert ``rows`` with as few multi-row ``INSERT ... VALUES`` statements as fit.
+        """Insert ``rows`` on the writer's driver ``cursor``, in as few statements as fit.
 
-        Batched inserts through Core at driver level: SQLAlchemy's per-row parameter
-        processing cost ~8 us/row, more than SQLite's own insert; the values are
-        already plain str/int/bytes, so they go to the driver as they are.
+        The values are already plain str/int/bytes, so they go to the driver as they
+        are: SQLAlchemy's per-row parameter processing cost ~8 us/row, more than
+        SQLite's own insert.
         """
         if self._postgres:
             # COPY on the same connection, inside the same transaction. psycopg's
             # executemany (pipelined single-row INSERTs) and multi-row INSERTs (its
             # parser re-splits the long text every time) both measured ~5k rows/s here.
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            with (
-                driver.cursor() as cursor,
-                cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
-            ):
+            with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
             return
-        # Statement sizes are powers of two, so the few distinct statements stay in
-        # the driver's prepared-statement cache: preparing a 512-row INSERT costs
+        # Multi-row INSERTs of power-of-two sizes, so the few distinct statements stay
+        # in the driver's prepared-statement cache: preparing a 512-row INSERT costs
         # ~3 ms, seven times executing it.
         largest = 1 << ((MAX_PARAMETERS // len(columns)).bit_length() - 1)
         start = 0
@@ -455,13 +525,12 @@ class AuditStore:
             key = (table.name, len(chunk))
             sql = self._insert_sql.get(key)
             if sql is None:
-                mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-                one = "(" + ", ".join([mark] * len(columns)) + ")"
+                one = "(" + ", ".join(["?"] * len(columns)) + ")"
                 # Names come from our own table metadata, values are bound parameters.
                 values = ", ".join([one] * len(chunk))
                 sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
                 self._insert_sql[key] = sql
-            conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
+            cursor.execute(sql, tuple(itertools.chain.from_iterable(chunk)))
 
     def _discard_writer(self) -> None:
         if self._writer is not None:
@@ -584,6 +653,7 @@ class AuditStore:
                     .values(body=b"", client=None, purpose=None, upstream=None)
                 ).rowcount
                 conn.execute(SUBJECTS.delete().where(SUBJECTS.c.seq >= begin, SUBJECTS.c.seq < end))
+                self._prune_blocks(conn, begin, end)
                 done = conn.execute(
                     update(META).where(META.c.key == "pruned_until").values(value=str(end))
                 ).rowcount
@@ -592,6 +662,24 @@ class AuditStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot prune: {exc.__class__.__name__}") from exc
         return int(dropped)
+
+    def _prune_blocks(self, conn: Connection, begin: int, end: int) -> None:
+        """Forget ``[begin, end)`` in the block index: whole blocks go, blocks that
+        straddle an edge keep only their references outside the range."""
+        conn.execute(BLOCKS.delete().where(BLOCKS.c.first_seq >= begin, BLOCKS.c.end_seq <= end))
+        edges = conn.execute(
+            select(BLOCKS.c.first_seq, BLOCKS.c.refs).where(
+                BLOCKS.c.first_seq < end, BLOCKS.c.end_seq > begin
+            )
+        ).all()
+        for first, refs in edges:
+            refs = bytes(refs)
+            kept = b"".join(
+                refs[at : at + REF_SIZE]
+                for at in range(0, len(refs), REF_SIZE)
+                if not begin <= first + int.from_bytes(refs[at + 8 : at + REF_SIZE], "big") < end
+            )
+            conn.execute(update(BLOCKS).where(BLOCKS.c.first_seq == first).values(refs=kept))
 
     # -- witness cosignatures ------------------------------------------------------
 
@@ -663,24 +751,40 @@ class AuditStore:
     def subject_records(
         self, pseudonyms: Sequence[str], *, upstream: str | None = None
     ) -> Iterator[StoredRecord]:
-        """Every record naming one of ``pseudonyms``, by seq."""
-        query = (
-            select(RECORDS.c.seq, RECORDS.c.time, RECORDS.c.leaf_hash, RECORDS.c.body)
-            .where(
-                RECORDS.c.seq.in_(
-                    select(SUBJECTS.c.seq).where(
-                        SUBJECTS.c.tag.in_([subject_tag(p) for p in pseudonyms])
-                    )
-                )
-            )
-            .order_by(RECORDS.c.seq)
-        )
-        if upstream is not None:
-            query = query.where(RECORDS.c.upstream == upstream)
+        """Every record whose index entry matches one of ``pseudonyms``, by seq.
+
+        The block index is scanned in the database (C code), and only the blocks
+        holding one of the tags come back to Python; the caller confirms each record
+        against its body (tags are 64 bits, and may collide)."""
+        if not pseudonyms:
+            return
+        keys = [subject_key(p) for p in pseudonyms]
+        find = "position(:k{0} IN refs) > 0" if self._postgres else "instr(refs, :k{0}) > 0"
+        where = " OR ".join(find.format(i) for i in range(len(keys)))
+        scan = text(f"SELECT first_seq, refs FROM audit_subject_block WHERE {where}")  # noqa: S608
+        seqs: set[int] = set()
         with self.engine.connect() as conn:
-            for seq, time, leaf, body in conn.execution_options(yield_per=READ_CHUNK).execute(
-                query
-            ):
+            params = {f"k{i}": key for i, key in enumerate(keys)}
+            for first, refs in conn.execution_options(yield_per=READ_CHUNK).execute(scan, params):
+                seqs |= block_seqs(first, bytes(refs), keys)
+            # Rows of the per-reference index written by earlier releases.
+            legacy = select(SUBJECTS.c.seq).where(
+                SUBJECTS.c.tag.in_([subject_tag(p) for p in pseudonyms])
+            )
+            seqs.update(seq for (seq,) in conn.execute(legacy))
+        ordered = sorted(seqs)
+        columns = (RECORDS.c.seq, RECORDS.c.time, RECORDS.c.leaf_hash, RECORDS.c.body)
+        for start in range(0, len(ordered), READ_CHUNK):
+            query = (
+                select(*columns)
+                .where(RECORDS.c.seq.in_(ordered[start : start + READ_CHUNK]))
+                .order_by(RECORDS.c.seq)
+            )
+            if upstream is not None:
+                query = query.where(RECORDS.c.upstream == upstream)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            for seq, time, leaf, body in rows:
                 yield StoredRecord(seq, time, bytes(leaf), bytes(body))
 
     def iter_leaf_hashes(self, begin: int, end: int, *, chunk: int = READ_CHUNK) -> Iterator[bytes]:

@@ -53,7 +53,7 @@ def test_failed_batch_commits_nothing(store: AuditStore) -> None:
     with store.engine.begin() as conn:
         conn.execute(
             text(
-                "CREATE TRIGGER fail_subjects BEFORE INSERT ON audit_subject "
+                "CREATE TRIGGER fail_subjects BEFORE INSERT ON audit_subject_block "
                 "BEGIN SELECT RAISE(ABORT, 'injected'); END"
             )
         )
@@ -127,3 +127,44 @@ def test_two_postgres_writers_share_one_order(
     assert verify_export([export_bytes(pg_store, keyring)], keyring.public_keys).ok
     with pg_store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM audit_record")).scalar_one() == 400
+
+
+@pytest.mark.parametrize("which", ["store", "pg_store"])
+def test_subject_index_is_one_block_per_batch_and_prunes_by_range(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """One index row per committed batch, on SQLite and PostgreSQL; retention drops
+    whole blocks and trims the blocks that straddle its range, so the records outside
+    it are still found."""
+    store: AuditStore = request.getfixturevalue(which)
+    _, frontier = store.append_batch([_prepared(i) for i in range(6)], Frontier())
+    store.append_batch([_prepared(i) for i in range(6, 12)], frontier)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM audit_subject_block").scalar() == 2
+    assert [r.seq for r in store.subject_records(["hmac-sha256:b"])] == [1, 3, 5, 7, 9, 11]
+    store.prune(3, 8)
+    assert [r.seq for r in store.subject_records(["hmac-sha256:b"])] == [1, 9, 11]
+    store.prune(0, 12)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM audit_subject_block").scalar() == 0
+
+
+def test_subject_index_ignores_unaligned_matches_and_reads_the_old_index(
+    store: AuditStore,
+) -> None:
+    """A tag's bytes found across two references are not a match; rows of the
+    per-reference index that earlier releases wrote are still found."""
+    from gateway.audit.store import block_seqs, subject_key, subject_tag
+
+    key = subject_key("hmac-sha256:a")
+    refs = b"\x00" * 4 + key + b"\x00" * 12  # the key straddles two 12-byte entries
+    assert block_seqs(100, refs, [key]) == set()
+    assert block_seqs(100, key + (7).to_bytes(4, "big"), [key]) == {107}
+
+    store.append_batch([_prepared(0), _prepared(2)], Frontier())  # nobody indexed
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO audit_subject (tag, seq) VALUES (:tag, 1)"),
+            {"tag": subject_tag("hmac-sha256:a")},
+        )
+    assert [r.seq for r in store.subject_records(["hmac-sha256:a"])] == [1]
