@@ -475,6 +475,7 @@ class Context:
     schema: str
     log_dir: Path
     gateway_src: Path = ROOT
+    variant_src: Path | None = None  # row g1v: the same gateway row served from this copy
 
     @property
     def upstream_url(self) -> str:
@@ -529,9 +530,14 @@ def _passthrough(workers: int, mode: str) -> Callable[[Context, int, Path], Serv
 
 
 def _gateway(
-    workers: int, postgres: bool, sequencer: str = "auto"
+    workers: int, postgres: bool, sequencer: str = "auto", variant: bool = False
 ) -> Callable[[Context, int, Path], Server]:
     def start(ctx: Context, port: int, run_dir: Path) -> Server:
+        src = ctx.gateway_src
+        if variant:
+            if ctx.variant_src is None:
+                raise HarnessError("row g1v needs --variant-src DIR (a patched copy of gateway/)")
+            src = ctx.variant_src
         argv = [
             str(BIN / "python"),
             "-m",
@@ -560,13 +566,14 @@ def _gateway(
             f"gateway-{workers}w"
             + ("-pg" if postgres else "")
             + ("-seq" if sequencer == "process" and workers == 1 else "")
+            + ("-variant" if variant else "")
         )
         return Server(
             name,
             argv,
             SERVER_CPU if workers == 1 else ALL_CPUS,
-            env={"PYTHONPATH": str(ctx.gateway_src)},
-            cwd=ctx.gateway_src,  # `python -m` puts the working directory first on sys.path
+            env={"PYTHONPATH": str(src)},
+            cwd=src,  # `python -m` puts the working directory first on sys.path
             log=ctx.log_dir / f"{name}.log",
         )
 
@@ -598,6 +605,12 @@ ROWS: dict[str, Row] = {
         ),
         Row("g1", "gateway, 1 worker, audit on SQLite", GATEWAY_PATH, _gateway(1, False)),
         Row("g1-pg", "gateway, 1 worker, audit on PostgreSQL", GATEWAY_PATH, _gateway(1, True)),
+        Row(
+            "g1v",
+            "gateway, 1 worker, audit on SQLite, served from --variant-src (an ablation)",
+            GATEWAY_PATH,
+            _gateway(1, False, variant=True),
+        ),
         Row(
             "g1s",
             "gateway, 1 worker, audit sequencer process (same CPU), SQLite",
@@ -867,6 +880,7 @@ def cmd_rows(args: argparse.Namespace) -> int:
                 args.pg_schema,
                 log_dir,
                 args.gateway_src.resolve(),
+                args.variant_src.resolve() if args.variant_src else None,
             )
             script = write_wrk_script(tmp)
             # Rounds interleave the rows, so drift on a shared VM hits every row alike.
@@ -1201,6 +1215,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             default=ROOT,
             help="directory holding the gateway package to serve (a patched scratch copy)",
+        )
+        p.add_argument(
+            "--variant-src",
+            type=Path,
+            default=None,
+            help="row g1v serves the gateway package from this directory, interleaved "
+            "with g1: measure a patch, or a step left out, in the same run",
         )
         p.add_argument("--keep-tmp", action="store_true", help="keep configs and audit databases")
 

@@ -70,6 +70,7 @@ class Metrics:
         self._lookup_children: dict[tuple[str, str, str, str, str, int], Any] = {}
         self._rule_children: dict[str, Any] = {}
         self._latency_children: dict[str, Any] = {}
+        self._upstream_children: dict[str, Any] = {}
         self.policy_reloads = Counter(
             "gateway_policy_reloads_total", "Policy reloads by result.", ["result"], registry=r
         )
@@ -113,7 +114,10 @@ class Metrics:
         histogram.observe(seconds)
 
     def upstream_latency(self, upstream: str, seconds: float) -> None:
-        self.upstream_seconds.labels(upstream).observe(seconds)
+        histogram = self._upstream_children.get(upstream)
+        if histogram is None:
+            histogram = self._upstream_children[upstream] = self.upstream_seconds.labels(upstream)
+        histogram.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
