@@ -341,12 +341,21 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
     """utime and stime per thread name (``main`` for each process's first thread,
-    other names without their trailing digits), summed over the processes, in
-    seconds: ``{"main user": ..., "main sys": ..., ...}``."""
+    other names without their trailing digits), summed over the processes of one
+    role (uvicorn ``worker``s, the audit ``sequencer``, the rest), in seconds:
+    ``{"main user": ..., "worker main sys": ..., ...}``."""
     ticks = os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = {}
     for pid in pids:
         with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            role = (
+                "sequencer "
+                if b"sequencer" in cmdline
+                else "worker "
+                if b"multiprocessing" in cmdline
+                else ""
+            )
             for task in Path(f"/proc/{pid}/task").iterdir():
                 with contextlib.suppress(OSError):
                     stat = (task / "stat").read_text()
@@ -354,7 +363,7 @@ def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
                     name = "main" if task.name == str(pid) else re.sub(r"[0-9]+$", "", name)
                     fields = stat[stat.rindex(")") + 2 :].split()
                     for part, value in (("user", fields[11]), ("sys", fields[12])):
-                        key = f"{name} {part}"
+                        key = f"{role}{name} {part}"
                         totals[key] = totals.get(key, 0.0) + int(value) / ticks
     return totals
 

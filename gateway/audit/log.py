@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
@@ -75,7 +75,23 @@ class AuditStats:
 
 
 T = TypeVar("T")
-_Future = asyncio.Future[int]
+
+
+class Sink(Protocol):
+    """Where a record's ``seq`` (or its failure) goes, on the event loop: an
+    ``asyncio.Future[int]``, or the sequencer's acknowledgement to a worker, which
+    needs no future, task or callback of its own per record."""
+
+    def get_loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: int, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+_Future = Sink
 _CheckpointFuture = asyncio.Future[Checkpoint]
 
 
@@ -237,24 +253,22 @@ class AuditLog:
         """
         if not self._accepting:
             raise AuditUnavailable("the audit log is not running")
-        future: _Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put((record, None, tuple(index), future))
         return await future
 
     def submit_encoded(
-        self, body: bytes, columns: RecordColumns, index: Sequence[str]
-    ) -> asyncio.Future[int]:
+        self, body: bytes, columns: RecordColumns, index: Sequence[str], sink: Sink
+    ) -> None:
         """Queue a record's canonical bytes, made by a worker, with its store columns.
 
-        The future gets its ``seq`` once committed, or ``AuditUnavailable``. Not a
-        coroutine, and no decoding: the sequencer queues a whole read's worth of
-        frames without a task or a parse per record.
+        ``sink`` gets its ``seq`` once committed, or ``AuditUnavailable``, on the
+        event loop. Not a coroutine, and no decoding: the sequencer queues a whole
+        read's worth of frames without a task or a parse per record.
         """
         if not self._accepting:
             raise AuditUnavailable("the audit log is not running")
-        future: _Future = asyncio.get_running_loop().create_future()
-        self._queue.put((body, columns, tuple(index), future))
-        return future
+        self._queue.put((body, columns, tuple(index), sink))
 
     async def checkpoint(self) -> Checkpoint:
         """A signed checkpoint of everything committed before this call returns."""
@@ -437,7 +451,7 @@ def _resolve(future: asyncio.Future[T], value: T) -> None:
         future.get_loop().call_soon_threadsafe(_set)
 
 
-def _fail(future: asyncio.Future[T], error: BaseException) -> None:
+def _fail(future: asyncio.Future[Any] | Sink, error: BaseException) -> None:
     def _set() -> None:
         if not future.done():
             future.set_exception(error)

@@ -328,6 +328,69 @@ def test_kill_9_of_the_sequencer_under_load_loses_no_served_lookup(
     assert served <= logged, f"{len(served - logged)} served lookups have no record"
 
 
+def _workers_of(pid: int) -> list[int]:
+    """The live uvicorn worker processes of the gateway ``pid`` (not its sequencer)."""
+    out = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(child)
+    return out
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_under_load_loses_no_served_lookup(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """SIGKILL one of two workers mid-load: its callers lose their connections (no
+    score), the other worker and a new one serve on, the shared log verifies, and
+    every lookup that got a 200 has its ``lookup`` record."""
+    data_dir, policy, log = tmp_path / "var", roomy_policy(tmp_path), tmp_path / "gateway.log"
+    with serve_asgi(create_demo_upstream(ROOMY_UPSTREAM)) as upstream_url:
+        process, url = _start_gateway(data_dir, policy, upstream_url, log, "--workers", "2")
+        try:
+            wait_for(lambda: len(_workers_of(process.pid)) == 2, 15, "two workers")
+            with LookupLoad(url, threads=6) as load:
+                wait_for(lambda: len(load.snapshot()) >= 50, 10, "load to start")
+                victim = _workers_of(process.pid)[0]
+                os.kill(victim, signal.SIGKILL)
+                before = len(load.snapshot())
+                wait_for(
+                    lambda: sum(a.status == 200 for a in load.snapshot()[before:]) >= 50,
+                    15,
+                    "lookups served after the kill",
+                )
+                wait_for(
+                    lambda: (
+                        victim not in _workers_of(process.pid)
+                        and len(_workers_of(process.pid)) == 2
+                    ),
+                    20,
+                    "a new worker in the killed one's place",
+                )
+            answers = load.snapshot()
+            assert {a.status for a in answers} <= {200, 503}
+            served = {a.request_id for a in answers if a.status == 200}
+        finally:
+            _stop(process, signal.SIGTERM)
+
+    export, public = tmp_path / "audit.jsonl", tmp_path / "public.pem"
+    capsysbinary.readouterr()
+    assert main(["audit", "export", "--out", str(export), "--data-dir", str(data_dir)]) == 0
+    assert main(["keys", "public", "--data-dir", str(data_dir)]) == 0
+    public.write_bytes(capsysbinary.readouterr().out)
+    assert main(["audit", "verify", str(export), "--public-key", str(public), "--quiet"]) == 0
+    logged = {
+        r.request_id
+        for r in records_in(export.read_bytes())
+        if r.kind == "lookup" and r.status == 200
+    }
+    assert served <= logged, f"{len(served - logged)} served lookups have no record"
+
+
 # -- signing keys at start ----------------------------------------------------------------
 
 
