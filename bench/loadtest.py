@@ -327,6 +327,16 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size in kB from /proc/PID/smaps_rollup (0 if gone): pages
+    shared between processes count once in a sum over all of them, unlike RSS."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """utime + stime of the processes (all threads), in seconds."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -405,20 +415,23 @@ def wait_quiet(max_wait: float, threshold: float = 0.1) -> dict[str, float]:
 
 
 class RssSampler:
-    """Samples the summed VmRSS of a server's processes every ``interval`` seconds."""
+    """Samples the summed VmRSS and PSS of a server's processes every ``interval`` s."""
 
     def __init__(self, server: Server, interval: float) -> None:
         self.server = server
         self.interval = interval
         self.samples: list[tuple[float, int]] = []  # (seconds since start, kB)
+        self.pss: list[int] = []  # kB, summed over the processes, one per sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = time.monotonic()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = sum(proc_status(pid)["VmRSS"] for pid in self.server.pids())
+            pids = self.server.pids()
+            total = sum(proc_status(pid)["VmRSS"] for pid in pids)
             self.samples.append((round(time.monotonic() - self._started, 1), total))
+            self.pss.append(sum(pss_kb(pid) for pid in pids))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -432,6 +445,27 @@ class RssSampler:
     @property
     def peak_kb(self) -> int:
         return max((kb for _, kb in self.samples), default=0)
+
+    @property
+    def peak_pss_kb(self) -> int:
+        return max(self.pss, default=0)
+
+
+def run_pacer(
+    base: str, path: tuple[str, str], *, rate: float, seconds: float, every: float = 0.0
+) -> dict[str, Any]:
+    """``bench/pacer.py`` (an open-loop load at ``rate`` req/s) on the load CPU."""
+    argv = [
+        "taskset", "-c", LOAD_CPU, str(BIN / "python"), str(BENCH / "pacer.py"),
+        base + path[0], path[1], "--rate", f"{rate:g}", "--seconds", f"{seconds:g}",
+        "--every", f"{every:g}",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("PACERJSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise HarnessError(f"pacer failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    result: dict[str, Any] = json.loads(line.removeprefix("PACERJSON "))
+    return result
 
 
 def run_wrk(
@@ -714,6 +748,7 @@ def measure_row(
                     url, script, row.path, seconds=args.duration, connections=args.connections
                 )
             result["rss_peak_mb"] = round(sampler.peak_kb / 1024, 1)
+            result["pss_peak_mb"] = round(sampler.peak_pss_kb / 1024, 1)
             result["hwm_mb"] = [round(proc_status(p)["VmHWM"] / 1024, 1) for p in server.pids()]
         else:
             wrk = run_wrk(
@@ -792,6 +827,7 @@ def summarise(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str,
         if "server_cpu_us_per_req" in mine[0]:
             entry["cpu_us_per_req"] = statistics.median(r["server_cpu_us_per_req"] for r in mine)
             entry["rss_peak_mb"] = max(r["rss_peak_mb"] for r in mine)
+            entry["pss_peak_mb"] = max(r.get("pss_peak_mb", 0.0) for r in mine)
         table.append(entry)
     reference = next((e for e in table if e["row"] == "d1"), None)
     for entry in table:
@@ -804,8 +840,8 @@ def summarise(runs: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str,
 def render_table(table: list[dict[str, Any]]) -> str:
     lines = [
         "| row | setup | req/s | p50 ms | p99 ms | req/s vs d1 | p99 vs d1 | runs | range req/s "
-        "| non-2xx % | server CPU µs/req | peak RSS MB | CPU0/CPU1 busy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "| non-2xx % | server CPU µs/req | peak RSS MB | peak PSS MB | CPU0/CPU1 busy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for e in table:
         lines.append(
@@ -815,6 +851,7 @@ def render_table(table: list[dict[str, Any]]) -> str:
             f"{e['rps_min']:,.0f}–{e['rps_max']:,.0f} | {e['non_2xx_pct']:.1f} | "
             f"{e.get('cpu_us_per_req', float('nan')):.0f} | "
             f"{e.get('rss_peak_mb', float('nan')):.0f} | "
+            f"{e.get('pss_peak_mb', float('nan')):.0f} | "
             f"{e['cpu0_busy']:.2f}/{e['cpu1_busy']:.2f} |"
         )
     return "\n".join(lines)
@@ -838,9 +875,10 @@ def targets(table: list[dict[str, Any]]) -> list[str]:
         verdicts.append(f"g2 throughput {ratio:.3f}x g1 (target >= 1.6): {verdict(ratio >= 1.6)}")
     for key in ("g1", "g1-pg", "g2"):
         if key in by:
-            peak = by[key]["rss_peak_mb"]
+            peak = by[key]["pss_peak_mb"]
             verdicts.append(
-                f"{key} peak RSS {peak:.0f} MB (all processes; target < 200): {verdict(peak < 200)}"
+                f"{key} peak PSS {peak:.0f} MB (all processes; target < 200): {verdict(peak < 200)}"
+                f"; summed RSS {by[key]['rss_peak_mb']:.0f} MB"
             )
     return verdicts
 
@@ -946,7 +984,10 @@ def _progress(result: dict[str, Any]) -> str:
         f"CPU busy {result['cpu_busy']}"
     )
     if "server_cpu_us_per_req" in result:
-        text += f", {result['server_cpu_us_per_req']} µs CPU/req, RSS {result['rss_peak_mb']} MB"
+        text += (
+            f", {result['server_cpu_us_per_req']} µs CPU/req, RSS {result['rss_peak_mb']} MB"
+            f", PSS {result['pss_peak_mb']} MB"
+        )
     if result.get("thread_cpu_us_per_req"):
         text += f", by thread {result['thread_cpu_us_per_req']}"
     return text
@@ -997,31 +1038,22 @@ def cmd_soak(args: argparse.Namespace) -> int:
                     )
                 report["saturation"] = {**capacity, "rss_samples": saturated.samples}
                 target = capacity["rps"] * args.fraction
-                # Each connection: one request, then a pause; the pause is shortened by
-                # the latency seen at saturation's p50 scaled down (light load is faster).
-                delay_ms = args.connections * 1000.0 / target
-                paced = write_wrk_script(tmp, delay_ms=delay_ms)
                 print(
                     f"capacity {capacity['rps']:,.0f} req/s, peak RSS "
-                    f"{saturated.peak_kb / 1024:.1f} MB; soaking at ~{target:,.0f} req/s "
-                    f"({args.connections} connections, {delay_ms:.2f} ms pause each) "
-                    f"for {args.duration:g} s",
+                    f"{saturated.peak_kb / 1024:.1f} MB, PSS {saturated.peak_pss_kb / 1024:.1f} "
+                    f"MB; soaking at {target:,.0f} req/s (open loop) for {args.duration:g} s",
                     flush=True,
                 )
                 with RssSampler(server, args.sample_interval) as soak:
-                    result = run_wrk(
-                        base + "/",
-                        paced,
-                        row.path,
-                        seconds=args.duration,
-                        connections=args.connections,
-                        timeout="10s",
+                    result = run_pacer(
+                        base, row.path, rate=target, seconds=args.duration, every=60.0
                     )
                 server.check_alive()
                 report["soak"] = {
                     **result,
                     "target_rps": round(target, 1),
                     "rss_samples": soak.samples,
+                    "pss_samples": soak.pss,
                 }
                 report["hwm_mb"] = [round(proc_status(p)["VmHWM"] / 1024, 1) for p in server.pids()]
                 report["audit_db_mb"] = round(
@@ -1060,13 +1092,96 @@ def soak_summary(report: dict[str, Any]) -> list[str]:
         f"saturation: {sat['rps']:,.0f} req/s, p99 {sat['p99_us'] / 1000:.2f} ms, "
         f"peak RSS {sat_peak:.1f} MB",
         f"soak: {soak['rps']:,.0f} req/s achieved (target {soak['target_rps']:,.0f}) for "
-        f"{soak['duration_us'] / 1e6:.0f} s, p50 {soak['p50_us'] / 1000:.2f} ms, "
+        f"{soak['duration_s']:.0f} s, p50 {soak['p50_us'] / 1000:.2f} ms, "
         f"p99 {soak['p99_us'] / 1000:.2f} ms, non-2xx {soak['non_2xx']}, "
-        f"socket errors {soak['socket_errors']}",
+        f"errors {soak['errors']}",
         f"soak RSS: first {mb[0]:.1f} MB, max {max(mb):.1f} MB, last {mb[-1]:.1f} MB; "
         f"slope over the second half {slope:+.2f} MB/min; VmHWM {report['hwm_mb']} MB",
         f"audit database after the run: {report['audit_db_mb']} MB",
     ]
+
+
+# -- paced: latency at a light, fixed rate -------------------------------------------------
+
+
+def cmd_paced(args: argparse.Namespace) -> int:
+    """p50 at a fixed light rate (open loop), each row started fresh, rounds interleaved."""
+    require_tools("nginx", "wrk", "taskset")
+    keys = [k.strip() for k in args.rows.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown:
+        raise HarnessError(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    tmp = Path(tempfile.mkdtemp(prefix="paced-"))
+    log_dir = RESULTS / f"logs-paced-{stamp}"
+    log_dir.mkdir()
+    runs: list[dict[str, Any]] = []
+    try:
+        with upstream_nginx(tmp, log_dir) as upstream_port:
+            ctx = Context(
+                tmp, upstream_port, raised_limits_policy(tmp), args.pg_url, args.pg_schema,
+                log_dir, args.gateway_src.resolve(),
+            )  # fmt: skip
+            for round_no in range(args.runs):
+                for key in keys:
+                    row = ROWS[key]
+                    run_dir = Path(tempfile.mkdtemp(prefix=f"{key}-{round_no}-", dir=tmp))
+                    port = free_port()
+                    server = row.start(ctx, port, run_dir)
+                    base = ctx.upstream_url if server is None else f"http://{HOST}:{port}"
+                    wait_quiet(args.quiet_wait)
+                    try:
+                        if server is not None:
+                            server.start()
+                            probe = "/readyz" if key.startswith("g") else "/v2/user.json/1/score"
+                            wait_ready(server, base + probe)
+                        # The warm-up asks for every id once (ids cycle 1..1000): the
+                        # first lookup of an id claims it as real in the identity store
+                        # (a durable write of its own), which the measured runs then
+                        # do not repeat. --first-sight measures those lookups instead.
+                        warmup = 0.0 if args.first_sight else max(args.warmup, 1000 / args.rate)
+                        if warmup:
+                            run_pacer(base, row.path, rate=args.rate, seconds=warmup)
+                        result = run_pacer(base, row.path, rate=args.rate, seconds=args.duration)
+                    finally:
+                        if server is not None:
+                            server.stop()
+                        shutil.rmtree(run_dir, ignore_errors=True)
+                    result.pop("windows", None)
+                    runs.append({"row": key, "round": round_no, **result})
+                    print(
+                        f"[{key} #{round_no}] {result['rps']:,.1f} req/s (target {args.rate:g}), "
+                        f"p50 {result['p50_us'] / 1000:.2f} ms, p90 {result['p90_us'] / 1000:.2f} "
+                        f"ms, p99 {result['p99_us'] / 1000:.2f} ms, non-2xx {result['non_2xx']}, "
+                        f"errors {result['errors']}",
+                        flush=True,
+                    )
+    finally:
+        if not args.keep_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        "\n| row | setup | rate req/s | p50 ms | p90 ms | p99 ms | runs |\n"
+        "|---|---|---:|---:|---:|---:|---:|"
+    )
+    for key in keys:
+        mine = [r for r in runs if r["row"] == key]
+        print(
+            f"| {key} | {ROWS[key].setup} | {statistics.median(r['rps'] for r in mine):,.1f} | "
+            f"{statistics.median(r['p50_us'] for r in mine) / 1000:.2f} | "
+            f"{statistics.median(r['p90_us'] for r in mine) / 1000:.2f} | "
+            f"{statistics.median(r['p99_us'] for r in mine) / 1000:.2f} | {len(mine)} |"
+        )
+    if "g1" in keys:
+        p50 = statistics.median(r["p50_us"] for r in runs if r["row"] == "g1") / 1000
+        verdict = "met" if p50 <= 5.0 else "NOT met"
+        print(f"\ng1 p50 at {args.rate:g} req/s: {p50:.2f} ms (target <= 5 ms): {verdict}")
+    output = RESULTS / f"paced-{stamp}.json"
+    output.write_text(
+        json.dumps({"args": _args(args), "runs": runs, "machine": machine()}, indent=1)
+    )
+    print(f"raw results: {output.relative_to(ROOT)}")
+    return 0
 
 
 # -- profile -----------------------------------------------------------------------------
@@ -1248,9 +1363,21 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--duration", type=float, default=600.0, help="soak seconds")
     soak.add_argument("--capacity-seconds", type=float, default=10.0)
     soak.add_argument("--fraction", type=float, default=0.5, help="of the saturated rate")
-    soak.add_argument("--connections", type=int, default=32, help="paced connections")
     soak.add_argument("--sample-interval", type=float, default=5.0, help="RSS sampling seconds")
     soak.set_defaults(func=cmd_soak)
+
+    paced = sub.add_parser("paced", help="latency at a light fixed rate (open loop)")
+    common(paced)
+    paced.add_argument("--rows", default="d1,g1")
+    paced.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    paced.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
+    paced.add_argument("--runs", type=int, default=3)
+    paced.add_argument(
+        "--first-sight",
+        action="store_true",
+        help="no warm-up: the measured lookups include each id's first (its claim as real)",
+    )
+    paced.set_defaults(func=cmd_paced)
 
     profile = sub.add_parser("profile", help="py-spy the gateway under saturating load")
     common(profile)
