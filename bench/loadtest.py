@@ -361,7 +361,7 @@ def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             role = (
                 "sequencer "
-                if b"sequencer" in cmdline
+                if b"\x00sequencer\x00" in cmdline  # `gateway sequencer`, not --audit-sequencer
                 else "worker "
                 if b"multiprocessing" in cmdline
                 else ""
