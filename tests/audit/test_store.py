@@ -168,3 +168,19 @@ def test_subject_index_ignores_unaligned_matches_and_reads_the_old_index(
             {"tag": subject_tag("hmac-sha256:a")},
         )
     assert [r.seq for r in store.subject_records(["hmac-sha256:a"])] == [1]
+
+
+def test_postgres_copy_keeps_every_byte_of_text_and_bytea(pg_store: AuditStore) -> None:
+    """The writer's COPY text escapes tabs, line ends and backslashes, tells NULL from
+    a literal ``\\N``, and bytea bodies come back byte for byte."""
+    columns = ("2026-12-01T00:00:00Z", "lookup", "r\\1\ttab", "c\nd\re", None, "\\N")
+    body = bytes(range(256))
+    item = PreparedRecord(None, body, leaf_hash(body), ("hmac-sha256:a",), columns)
+    pg_store.append_batch([item], Frontier())
+    with pg_store.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT time, kind, request_id, client, purpose, upstream, body FROM audit_record")
+        ).one()
+    assert tuple(row[:6]) == columns
+    assert bytes(row[6]) == body
+    assert [r.seq for r in pg_store.subject_records(["hmac-sha256:a"])] == [0]
