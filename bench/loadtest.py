@@ -579,7 +579,7 @@ def _gateway(
         src = ctx.gateway_src
         if variant:
             if ctx.variant_src is None:
-                raise HarnessError("row g1v needs --variant-src DIR (a patched copy of gateway/)")
+                raise HarnessError("rows g1v, g2v need --variant-src DIR (a patched gateway/)")
             src = ctx.variant_src
         argv = [
             str(BIN / "python"),
@@ -653,6 +653,12 @@ ROWS: dict[str, Row] = {
             "gateway, 1 worker, audit on SQLite, served from --variant-src (an ablation)",
             GATEWAY_PATH,
             _gateway(1, False, variant=True),
+        ),
+        Row(
+            "g2v",
+            "gateway, 2 workers, one audit log on SQLite, served from --variant-src",
+            GATEWAY_PATH,
+            _gateway(2, False, variant=True),
         ),
         Row(
             "g1s",
