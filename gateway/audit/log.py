@@ -181,6 +181,11 @@ class AuditLog:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._frontier = Frontier()
         self._thread: threading.Thread | None = None
+        # SQLite: committed batches wait here for the syncer thread's fsync.
+        self._unsynced: queue.SimpleQueue[tuple[list[_Future], int] | None] = (
+            queue.SimpleQueue()
+        )
+        self._syncer: threading.Thread | None = None
         self._accepting = False
         self._store_ok = False
         self._last_checkpoint_size = -1
@@ -205,6 +210,9 @@ class AuditLog:
         self._store_ok = True
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        if self._store.syncs_separately:
+            self._syncer = threading.Thread(target=self._sync, name="audit-syncer", daemon=True)
+            self._syncer.start()
         self._thread.start()
         # Records a crashed run committed after its last checkpoint get one now.
         if self._frontier.size != self._last_checkpoint_size:
@@ -219,6 +227,8 @@ class AuditLog:
         self._queue.put(_Stop(done))
         await done
         await asyncio.to_thread(self._thread.join)
+        if self._syncer is not None:
+            await asyncio.to_thread(self._syncer.join)
         # An append that raced with close() and missed the writer's drain.
         with contextlib.suppress(queue.Empty):
             while True:
@@ -229,9 +239,13 @@ class AuditLog:
                     _fail(item.future, AuditUnavailable("the audit log is closed"))
 
     def healthy(self) -> bool:
-        """Ready to take records: started, writer alive, last store contact succeeded."""
-        thread = self._thread
-        return self._accepting and self._store_ok and thread is not None and thread.is_alive()
+        """Ready to take records: started, writer (and syncer) alive, last store
+        contact succeeded."""
+        thread, syncer = self._thread, self._syncer
+        alive = thread is not None and thread.is_alive()
+        if syncer is not None:
+            alive = alive and syncer.is_alive()
+        return self._accepting and self._store_ok and alive
 
     @property
     def stats(self) -> AuditStats:
@@ -313,7 +327,39 @@ class AuditLog:
             if requests or stop is not None or due:
                 self._checkpoint(requests)
         assert stop is not None
+        if self._syncer is not None:
+            self._unsynced.put(None)  # after every batch: the syncer syncs them, then ends
         _resolve(stop.future, None)
+
+    # -- the syncer thread (SQLite) -------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Acknowledge committed batches once they are on disk: one fsync of the
+        write-ahead log for every batch committed since the last one. The writer
+        commits the next batch meanwhile, instead of waiting for the disk."""
+        done = False
+        while not done:
+            batches = [self._unsynced.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batches.append(self._unsynced.get_nowait())
+            done = batches[-1] is None
+            ready = [b for b in batches if b is not None]
+            if not ready:
+                continue
+            try:
+                self._store.sync()
+            except Exception as exc:  # the records are committed, but not known durable
+                if not isinstance(exc, StoreError):
+                    logger.exception("unexpected error while syncing the audit log")
+                self._store_ok = False
+                error = AuditUnavailable("the audit store cannot make records durable")
+                error.__cause__ = exc
+                for futures, _ in ready:
+                    _fail_all(futures, error)
+                continue
+            for futures, first in ready:
+                _resolve_seqs(futures, first)
 
     def _drain_after_stop(self) -> None:
         """Appends queued before ``close`` are committed, never dropped."""
@@ -368,7 +414,10 @@ class AuditLog:
         stats.last_batch_size = len(futures)
         stats.commits += 1
         stats.records += len(futures)
-        _resolve_seqs(futures, first)
+        if self._syncer is not None:
+            self._unsynced.put((futures, first))  # acknowledged once on disk
+        else:
+            _resolve_seqs(futures, first)
 
     def _probe(self) -> None:
         try:

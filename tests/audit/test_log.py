@@ -55,6 +55,79 @@ def test_append_returns_only_after_commit(store: AuditStore, keyring: KeyRing) -
     asyncio.run(scenario())
 
 
+def test_append_returns_only_after_the_log_is_on_disk(
+    store: AuditStore, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a batch commits without waiting for the disk, and its appends return
+    only once the syncer's fsync of the write-ahead log returned. While one sync is
+    slow the writer commits later batches; one sync then acknowledges them all."""
+    import os
+    import threading
+
+    gate = threading.Event()
+    syncs: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if fd == store._wal_fd:
+            syncs.append(fd)
+            gate.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr("gateway.audit.store.os.fsync", slow_fsync)
+    assert store.syncs_separately
+
+    async def scenario() -> None:
+        log = AuditLog(store, keyring)
+        await log.start()
+        first = asyncio.ensure_future(log.append(make_record(0)))
+        await asyncio.sleep(0.3)
+        assert not first.done()  # committed, not yet on disk: no answer
+        assert store.count_records() == 1
+        later = [asyncio.ensure_future(log.append(make_record(i))) for i in range(1, 50)]
+        await asyncio.sleep(0.3)
+        assert store.count_records() == 50  # committed while the first sync waits
+        assert not any(f.done() for f in later)
+        gate.set()
+        assert await asyncio.gather(first, *later) == list(range(50))
+        assert len(syncs) <= 3  # the first, then one for everything behind it
+        await log.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_sync_fails_its_appends_closed(
+    store: AuditStore, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the write-ahead log cannot be synced, the batch's callers get
+    AuditUnavailable (no score), the log turns unhealthy, and later appends
+    succeed once the disk does again."""
+    import os
+
+    failing = [True]
+    real_fsync = os.fsync
+
+    def flaky_fsync(fd: int) -> None:
+        if fd == store._wal_fd and failing[0]:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr("gateway.audit.store.os.fsync", flaky_fsync)
+
+    async def scenario() -> None:
+        log = AuditLog(store, keyring)
+        await log.start()
+        with pytest.raises(AuditUnavailable):
+            await log.append(make_record(0))
+        assert not log.healthy()
+        failing[0] = False
+        assert await log.append(make_record(1)) == 1
+        assert log.healthy()
+        await log.close()
+
+    asyncio.run(scenario())
+
+
 def _break_inserts(store: AuditStore) -> sqlite3.Connection:
     """A real store failure: the database refuses every insert (like a full disk)."""
     conn = sqlite3.connect(store.engine.url.database or "")
