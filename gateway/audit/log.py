@@ -7,7 +7,11 @@ Flow of one record::
                               canonically, hashes the leaves, commits them in ONE
                               transaction (group commit), then resolves every future of
                               the batch with one ``loop.call_soon_threadsafe``
-      <- seq                  only after the commit returned: the record is durable
+      -> syncer thread        (SQLite) fsyncs the write-ahead log once for every batch
+                              committed since its last fsync, then resolves them; the
+                              writer commits the next batch meanwhile
+      <- seq                  only after the commit (and the fsync) returned: the
+                              record is durable
 
 No log, no lookup: if the store fails, every future of the failed batch gets
 :class:`gateway.errors.AuditUnavailable`; nothing is dropped and no ``seq`` is

@@ -51,7 +51,11 @@ than SQLite's insert itself:
 Admin reads (export, subject access) use Core selects in keyset-paginated chunks.
 
 Durability: SQLite runs in WAL mode with ``synchronous=FULL`` (a commit is on disk
-when it returns); PostgreSQL with its default ``synchronous_commit=on``.
+when it returns), except on the writer's connection: it commits with
+``synchronous=NORMAL`` and the log's syncer thread then fsyncs the write-ahead log
+(:meth:`AuditStore.sync`) before any record of the batch is acknowledged, which is
+what FULL does inside the commit; the next batch commits meanwhile. PostgreSQL runs
+with its default ``synchronous_commit=on``.
 
 Sequencing across replicas: every batch transaction first locks the head row
 (``SELECT ... FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` takes the database
