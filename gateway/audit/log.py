@@ -186,9 +186,7 @@ class AuditLog:
         self._frontier = Frontier()
         self._thread: threading.Thread | None = None
         # SQLite: committed batches wait here for the syncer thread's fsync.
-        self._unsynced: queue.SimpleQueue[tuple[list[_Future], int] | None] = (
-            queue.SimpleQueue()
-        )
+        self._unsynced: queue.SimpleQueue[tuple[list[_Future], int] | None] = queue.SimpleQueue()
         self._syncer: threading.Thread | None = None
         self._accepting = False
         self._store_ok = False
