@@ -518,7 +518,22 @@ class Context:
     schema: str
     log_dir: Path
     gateway_src: Path = ROOT
-    variant_src: Path | None = None  # row g1v: the same gateway row served from this copy
+    variant_src: Path | None = None  # rows g1v, g2v: the gateway served from this copy
+
+    @classmethod
+    def of(cls, tmp: Path, upstream_port: int, log_dir: Path, args: argparse.Namespace) -> Context:
+        """The context of one invocation: the raised-limits policy, the command line's
+        PostgreSQL and gateway sources."""
+        return cls(
+            tmp,
+            upstream_port,
+            raised_limits_policy(tmp),
+            args.pg_url,
+            args.pg_schema,
+            log_dir,
+            args.gateway_src.resolve(),
+            args.variant_src.resolve() if args.variant_src else None,
+        )
 
     @property
     def upstream_url(self) -> str:
@@ -910,12 +925,18 @@ def machine() -> dict[str, Any]:
     }
 
 
-def cmd_rows(args: argparse.Namespace) -> int:
-    require_tools("nginx", "wrk", "taskset")
-    keys = [k.strip() for k in args.rows.split(",") if k.strip()]
+def row_keys(rows: str) -> list[str]:
+    """The rows a comma-separated ``--rows`` names, in order; unknown ones are refused."""
+    keys = [k.strip() for k in rows.split(",") if k.strip()]
     unknown = [k for k in keys if k not in ROWS]
     if unknown:
         raise HarnessError(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    return keys
+
+
+def cmd_rows(args: argparse.Namespace) -> int:
+    require_tools("nginx", "wrk", "taskset")
+    keys = row_keys(args.rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     tmp = Path(tempfile.mkdtemp(prefix="loadtest-"))
@@ -925,16 +946,7 @@ def cmd_rows(args: argparse.Namespace) -> int:
     output = RESULTS / f"rows-{stamp}.json"
     try:
         with upstream_nginx(tmp, log_dir) as upstream_port:
-            ctx = Context(
-                tmp,
-                upstream_port,
-                raised_limits_policy(tmp),
-                args.pg_url,
-                args.pg_schema,
-                log_dir,
-                args.gateway_src.resolve(),
-                args.variant_src.resolve() if args.variant_src else None,
-            )
+            ctx = Context.of(tmp, upstream_port, log_dir, args)
             script = write_wrk_script(tmp)
             # Rounds interleave the rows, so drift on a shared VM hits every row alike.
             for round_no in range(args.runs):
@@ -1014,15 +1026,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"args": _args(args)}
     try:
         with upstream_nginx(tmp, log_dir) as upstream_port:
-            ctx = Context(
-                tmp,
-                upstream_port,
-                raised_limits_policy(tmp),
-                args.pg_url,
-                args.pg_schema,
-                log_dir,
-                args.gateway_src.resolve(),
-            )
+            ctx = Context.of(tmp, upstream_port, log_dir, args)
             row = ROWS[args.row]
             server = row.start(ctx, port := free_port(), tmp)
             assert server is not None
@@ -1113,10 +1117,7 @@ def soak_summary(report: dict[str, Any]) -> list[str]:
 def cmd_paced(args: argparse.Namespace) -> int:
     """p50 at a fixed light rate (open loop), each row started fresh, rounds interleaved."""
     require_tools("nginx", "wrk", "taskset")
-    keys = [k.strip() for k in args.rows.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in ROWS]
-    if unknown:
-        raise HarnessError(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
+    keys = row_keys(args.rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     tmp = Path(tempfile.mkdtemp(prefix="paced-"))
@@ -1125,10 +1126,7 @@ def cmd_paced(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     try:
         with upstream_nginx(tmp, log_dir) as upstream_port:
-            ctx = Context(
-                tmp, upstream_port, raised_limits_policy(tmp), args.pg_url, args.pg_schema,
-                log_dir, args.gateway_src.resolve(),
-            )  # fmt: skip
+            ctx = Context.of(tmp, upstream_port, log_dir, args)
             for round_no in range(args.runs):
                 for key in keys:
                     row = ROWS[key]
@@ -1202,15 +1200,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     log_dir.mkdir(exist_ok=True)
     try:
         with upstream_nginx(tmp, log_dir) as upstream_port:
-            ctx = Context(
-                tmp,
-                upstream_port,
-                raised_limits_policy(tmp),
-                args.pg_url,
-                args.pg_schema,
-                log_dir,
-                args.gateway_src.resolve(),
-            )
+            ctx = Context.of(tmp, upstream_port, log_dir, args)
             row = ROWS[args.row]
             server = row.start(ctx, port := free_port(), tmp)
             assert server is not None
