@@ -213,6 +213,26 @@ def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         process.wait(timeout=10)
 
 
+def _assert_log_verifies_and_covers(
+    tmp_path: Path, data_dir: Path, served: set[str], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """The operator's commands, run in this process (same code, no second start-up):
+    the export verifies, and every lookup a caller got a 200 for has its record."""
+    export, public = tmp_path / "audit.jsonl", tmp_path / "public.pem"
+    capsysbinary.readouterr()
+    assert main(["audit", "export", "--out", str(export), "--data-dir", str(data_dir)]) == 0
+    assert main(["keys", "public", "--data-dir", str(data_dir)]) == 0
+    public.write_bytes(capsysbinary.readouterr().out)
+    assert main(["audit", "verify", str(export), "--public-key", str(public), "--quiet"]) == 0
+    assert capsysbinary.readouterr().out.startswith(b"OK: ")
+    logged = {
+        r.request_id
+        for r in records_in(export.read_bytes())
+        if r.kind == "lookup" and r.status == 200
+    }
+    assert served <= logged, f"{len(served - logged)} served lookups have no record"
+
+
 @pytest.mark.slow
 def test_kill_9_under_load_loses_no_served_lookup(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
@@ -241,21 +261,7 @@ def test_kill_9_under_load_loses_no_served_lookup(
         finally:
             _stop(process, signal.SIGTERM)
 
-    # The operator's commands, run in this process (same code, no second start-up).
-    export, public = tmp_path / "audit.jsonl", tmp_path / "public.pem"
-    capsysbinary.readouterr()
-    assert main(["audit", "export", "--out", str(export), "--data-dir", str(data_dir)]) == 0
-    assert main(["keys", "public", "--data-dir", str(data_dir)]) == 0
-    public.write_bytes(capsysbinary.readouterr().out)
-    assert main(["audit", "verify", str(export), "--public-key", str(public), "--quiet"]) == 0
-    assert capsysbinary.readouterr().out.startswith(b"OK: ")
-
-    logged = {
-        r.request_id
-        for r in records_in(export.read_bytes())
-        if r.kind == "lookup" and r.status == 200
-    }
-    assert served <= logged, f"{len(served - logged)} served lookups have no record"
+    _assert_log_verifies_and_covers(tmp_path, data_dir, served, capsysbinary)
 
 
 def _children(pid: int) -> list[int]:
@@ -314,18 +320,7 @@ def test_kill_9_of_the_sequencer_under_load_loses_no_served_lookup(
         finally:
             _stop(process, signal.SIGTERM)
 
-    export, public = tmp_path / "audit.jsonl", tmp_path / "public.pem"
-    capsysbinary.readouterr()
-    assert main(["audit", "export", "--out", str(export), "--data-dir", str(data_dir)]) == 0
-    assert main(["keys", "public", "--data-dir", str(data_dir)]) == 0
-    public.write_bytes(capsysbinary.readouterr().out)
-    assert main(["audit", "verify", str(export), "--public-key", str(public), "--quiet"]) == 0
-    logged = {
-        r.request_id
-        for r in records_in(export.read_bytes())
-        if r.kind == "lookup" and r.status == 200
-    }
-    assert served <= logged, f"{len(served - logged)} served lookups have no record"
+    _assert_log_verifies_and_covers(tmp_path, data_dir, served, capsysbinary)
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -377,18 +372,7 @@ def test_kill_9_of_a_worker_under_load_loses_no_served_lookup(
         finally:
             _stop(process, signal.SIGTERM)
 
-    export, public = tmp_path / "audit.jsonl", tmp_path / "public.pem"
-    capsysbinary.readouterr()
-    assert main(["audit", "export", "--out", str(export), "--data-dir", str(data_dir)]) == 0
-    assert main(["keys", "public", "--data-dir", str(data_dir)]) == 0
-    public.write_bytes(capsysbinary.readouterr().out)
-    assert main(["audit", "verify", str(export), "--public-key", str(public), "--quiet"]) == 0
-    logged = {
-        r.request_id
-        for r in records_in(export.read_bytes())
-        if r.kind == "lookup" and r.status == 200
-    }
-    assert served <= logged, f"{len(served - logged)} served lookups have no record"
+    _assert_log_verifies_and_covers(tmp_path, data_dir, served, capsysbinary)
 
 
 # -- signing keys at start ----------------------------------------------------------------
