@@ -5,9 +5,9 @@
 Calls ``AuditStore.append_batch`` in a loop on a fresh SQLite store (one thread, no
 event loop, no contention), ``--batch`` records per commit, each record naming one
 person (so each batch writes one subject-index block), each commit followed by
-``sync()`` (the fsync of the write-ahead log that acknowledging it waits for), and
-prints wall rate and user/system CPU per record and per commit. At saturation the gateway's group
-commits hold 10-30 records; at light load, one or two.
+``sync()`` (the fsync of the write-ahead log that acknowledging it waits for),
+and prints wall rate and user/system CPU per record and per commit. At saturation
+the gateway's group commits hold 10-30 records; at light load, one or two.
 """
 
 from __future__ import annotations
@@ -18,35 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.audit.merkle import Frontier, leaf_hash
-from gateway.audit.people import PersonCommitter
-from gateway.audit.record import AuditRecord, canonical_bytes
-from gateway.audit.store import AuditStore, PreparedRecord
+from audit_append import record  # bench/: the format-2 record the append benchmark uses
 
-COMMITTER = PersonCommitter(b"\x07" * 32)
+from gateway.audit.merkle import Frontier, leaf_hash
+from gateway.audit.record import canonical_bytes
+from gateway.audit.store import AuditStore, PreparedRecord
 
 
 def prepared(i: int) -> PreparedRecord:
-    who = "hmac-sha256:" + f"{i % 1000:064x}"
-    request_id = f"req-{i:012d}"
-    record = AuditRecord(
-        kind="lookup",
-        time="2026-12-01T00:00:00.000000Z",
-        request_id=request_id,
-        client="crm",
-        client_kind="crm",
-        purpose="sales",
-        upstream="klout",
-        route="/v2/user.json/{kloutId}/score",
-        people=COMMITTER.refs(request_id, [(who, "asked", "found")]),
-        decision="allow",
-        outcome="found",
-        upstream_status=200,
-        status=200,
-        latency_ms=3.25,
-    )
-    body = canonical_bytes(record)
-    return PreparedRecord(record, body, leaf_hash(body), (who,))
+    made = record(i)  # names the person "hmac-sha256:" + f"{i % 1000:064x}"
+    body = canonical_bytes(made)
+    return PreparedRecord(made, body, leaf_hash(body), ("hmac-sha256:" + f"{i % 1000:064x}",))
 
 
 def measure(batch: int, records: int) -> str:
