@@ -95,7 +95,6 @@ class Sink(Protocol):
     def set_exception(self, exception: BaseException, /) -> None: ...
 
 
-_Future = Sink
 _CheckpointFuture = asyncio.Future[Checkpoint]
 
 
@@ -114,7 +113,7 @@ class _Stop:
 
 
 # (record, or its canonical bytes and store columns from a worker; index; future)
-_Entry = tuple[AnyRecord | bytes, RecordColumns | None, tuple[str, ...], _Future]
+_Entry = tuple[AnyRecord | bytes, RecordColumns | None, tuple[str, ...], Sink]
 _Item = _Entry | _CheckpointRequest | _Stop
 
 
@@ -186,7 +185,7 @@ class AuditLog:
         self._frontier = Frontier()
         self._thread: threading.Thread | None = None
         # SQLite: committed batches wait here for the syncer thread's fsync.
-        self._unsynced: queue.SimpleQueue[tuple[list[_Future], int] | None] = queue.SimpleQueue()
+        self._unsynced: queue.SimpleQueue[tuple[list[Sink], int] | None] = queue.SimpleQueue()
         self._syncer: threading.Thread | None = None
         self._accepting = False
         self._store_ok = False
@@ -381,7 +380,7 @@ class AuditLog:
     def _commit(self, batch: list[_Entry]) -> None:
         started = time.perf_counter()
         prepared: list[PreparedRecord] = []
-        futures: list[_Future] = []
+        futures: list[Sink] = []
         for item, columns, index, future in batch:
             if isinstance(item, bytes):  # from a worker, through the sequencer
                 prepared.append(PreparedRecord(None, item, leaf_hash(item), index, columns))
@@ -466,25 +465,25 @@ class AuditLog:
 # -- handing results back to the event loop: one call_soon_threadsafe per batch -------
 
 
-def _resolve_seqs(futures: list[_Future], first: int) -> None:
+def _resolve_seqs(futures: list[Sink], first: int) -> None:
     loop = futures[0].get_loop()
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
         loop.call_soon_threadsafe(_set_seqs, futures, first)
 
 
-def _set_seqs(futures: list[_Future], first: int) -> None:
+def _set_seqs(futures: list[Sink], first: int) -> None:
     for offset, future in enumerate(futures):
         if not future.done():  # a cancelled caller; its record is committed all the same
             future.set_result(first + offset)
 
 
-def _fail_all(futures: list[_Future], error: AuditUnavailable) -> None:
+def _fail_all(futures: list[Sink], error: AuditUnavailable) -> None:
     loop = futures[0].get_loop()
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(_set_errors, futures, error)
 
 
-def _set_errors(futures: list[_Future], error: AuditUnavailable) -> None:
+def _set_errors(futures: list[Sink], error: AuditUnavailable) -> None:
     for future in futures:
         if not future.done():
             # One exception object per caller: they are raised in different tasks.

@@ -16,12 +16,12 @@ def redact(doc: Any, path: str) -> None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _parts(path: str) -> list[str]:
+def _parts(path: str) -> tuple[str, ...]:
     # Paths come from the adapters and the policy: few, and split on every answer.
-    return path.split(".")
+    return tuple(path.split("."))
 
 
-def _redact(node: Any, parts: list[str]) -> None:
+def _redact(node: Any, parts: tuple[str, ...]) -> None:
     head, rest = parts[0], parts[1:]
     if head == "*":
         if not isinstance(node, (dict, list)):
