@@ -8,9 +8,11 @@ COPY pyproject.toml README.md policies.yaml ./
 COPY policy-tests ./policy-tests
 COPY gateway ./gateway
 # The runtime dependencies at exactly the versions of the lock (hash-checked), then
-# the gateway's own wheel (it carries the shipped policy, its cases and the schema).
+# the gateway's own wheel (it carries the shipped policy, its cases and the schema),
+# built with the lock's setuptools and wheel: build isolation would fetch the newest.
 RUN pip download --no-cache-dir --no-deps --require-hashes -r requirements.txt -d /wheels \
- && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+ && pip install --no-cache-dir --no-index --find-links /wheels setuptools wheel \
+ && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim
 # uid 10001: not root, and not a uid a host is likely to give a real user.
