@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from gateway.demo.upstream import DemoUpstreamConfig, create_demo_upstream
-from tests.audit.conftest import PG_URL, pg_schema
 from tests.faults.support import roomy_policy
+from tests.support.postgres import PG_URL, pg_schema
 from tests.support.servers import free_port, serve_asgi
 
 __all__ = ["pg_schema"]  # the fixture, imported for this module

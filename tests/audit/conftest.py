@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from gateway.audit.signing import KeyRing
 from gateway.audit.store import AuditStore
+from tests.support.postgres import PG_URL, pg_schema
 
-PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+__all__ = ["PG_URL", "pg_schema"]  # the fixture, shared with other test packages
 
 
 @pytest.fixture
@@ -31,25 +29,6 @@ def store(data_dir: Path) -> Iterator[AuditStore]:
     s = AuditStore.open(data_dir=data_dir)
     yield s
     s.close()
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A fresh schema in the test database, dropped afterwards."""
-    schema = f"audit_test_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001  # any connection failure means "no server here"
-        engine.dispose()
-        pytest.skip(f"PostgreSQL at {PG_URL} is not usable: {exc.__class__.__name__}")
-    try:
-        yield schema
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture

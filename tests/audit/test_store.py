@@ -104,7 +104,7 @@ def test_two_postgres_writers_share_one_order(
     pg_store: AuditStore, pg_schema: str, keyring: KeyRing
 ) -> None:
     """Two replicas (two stores, two logs) append to one log; seqs never collide."""
-    from tests.audit.conftest import PG_URL
+    from tests.support.postgres import PG_URL
 
     other = AuditStore.open(url=PG_URL, schema=pg_schema)
 

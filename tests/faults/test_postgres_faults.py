@@ -7,40 +7,17 @@ restarts. The server itself, shared with other tests, is never stopped.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
-
-import pytest
-from sqlalchemy import create_engine, text
 
 from tests.faults.relay import Relay
 from tests.faults.support import LookupLoad, export_and_verify, roomy_policy, wait_for
 from tests.support.gateway import running_gateway
+from tests.support.postgres import PG_URL, pg_schema
 
-PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+__all__ = ["pg_schema"]  # the fixture, imported for this module
 HR = {"key": "demo-hr-key"}
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    schema = f"fault_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001  # any connection failure means "no server here"
-        engine.dispose()
-        pytest.skip(f"PostgreSQL at {PG_URL} is not usable: {exc.__class__.__name__}")
-    try:
-        yield schema
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
 
 
 def _through(relay: Relay, schema: str) -> str:
