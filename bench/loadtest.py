@@ -349,6 +349,19 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+def process_role(pid: int) -> str:
+    """``"worker "``, ``"sequencer "`` or ``""``: by the name the gateway's forked
+    children give themselves, or by the command line of spawned ones (uvicorn's
+    workers; ``gateway sequencer``; an older gateway served with --variant-src)."""
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    if comm in ("gateway-worker", "gateway-seq"):
+        return "worker " if comm == "gateway-worker" else "sequencer "
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    if b"\x00sequencer\x00" in cmdline:  # `gateway sequencer`, not --audit-sequencer
+        return "sequencer "
+    return "worker " if b"multiprocessing" in cmdline else ""
+
+
 def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
     """utime and stime per thread name (``main`` for each process's first thread,
     other names without their trailing digits), summed over the processes of one
@@ -358,19 +371,14 @@ def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
     totals: dict[str, float] = {}
     for pid in pids:
         with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            role = (
-                "sequencer "
-                if b"\x00sequencer\x00" in cmdline  # `gateway sequencer`, not --audit-sequencer
-                else "worker "
-                if b"multiprocessing" in cmdline
-                else ""
-            )
+            role = process_role(pid)
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
             for task in Path(f"/proc/{pid}/task").iterdir():
                 with contextlib.suppress(OSError):
                     stat = (task / "stat").read_text()
                     name = stat[stat.index("(") + 1 : stat.rindex(")")]
                     name = "main" if task.name == str(pid) else re.sub(r"[0-9]+$", "", name)
+                    name = "thread" if name == comm else name  # unnamed: the process's name
                     fields = stat[stat.rindex(")") + 2 :].split()
                     for part, value in (("user", fields[11]), ("sys", fields[12])):
                         key = f"{role}{name} {part}"

@@ -6,19 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
 
 from gateway import __version__
 from gateway.settings import Settings, SettingsError, resolve
-
-SETTINGS_ENV = "GATEWAY__SETTINGS_JSON"  # hands settings to uvicorn worker processes
-
 
 _DEFAULTS = Settings()
 
@@ -132,88 +127,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # The port first: a taken port is said before anything else starts.
         sock = bind(settings.host, settings.port)
-        with _audit_sequencer(settings) as settings:
-            serve(settings, sock, SETTINGS_ENV, _encode_path)
+        settings, sequencer = _audit_sequencer(settings)
+        serve(settings, sock, sequencer)
     except (BindError, StartError) as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-@contextlib.contextmanager
-def _audit_sequencer(settings: Settings) -> Iterator[Settings]:
-    """Run the audit sequencer process for the workers, when settings ask for one.
-
-    It is started before the workers and stopped after them, so that every record
-    a worker sends has a writer; workers fail closed while it is away.
-    """
+def _audit_sequencer(settings: Settings) -> tuple[Settings, Callable[[], int] | None]:
+    """The settings the workers run with, and the body of the audit sequencer
+    process when the settings ask for one (``serve`` forks it before the workers and
+    stops it after them, so that every record a worker sends has a writer; workers
+    fail closed while it is away)."""
     mode = settings.audit_sequencer
     if mode == "thread" or (mode == "auto" and settings.workers <= 1):
-        yield settings
-        return
+        return settings, None
     from gateway.audit.sequencer import socket_path
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     socket = socket_path(settings.data_dir)
-    command = [sys.executable, "-m", "gateway", "sequencer", "--data-dir", str(settings.data_dir)]
-    if settings.database_url:
-        command += ["--database-url", settings.database_url]
-    command += ["--socket", str(socket), "--log-level", settings.log_level]
-    for witness in settings.witnesses:  # the sequencer, the log's one writer, pushes to them
-        command += ["--witness", witness]
-    supervisor = _SequencerSupervisor(command)
-    supervisor.start()
-    try:
-        yield msgspec.structs.replace(settings, sequencer_socket=socket)
-    finally:
-        supervisor.stop()
+    parent = os.getpid()
 
-
-class _SequencerSupervisor(threading.Thread):
-    """Keeps one sequencer process running while the workers serve.
-
-    If it dies (a crash, an OOM kill), workers fail closed (503, no score) until a
-    new one listens; it is restarted after a short pause, and recovers the log
-    and closes the lookups left open before it takes records again.
-    """
-
-    def __init__(self, command: list[str]) -> None:
-        super().__init__(name="sequencer-supervisor", daemon=True)
-        self._command = command
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._process = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def sequencer() -> int:
         # Its own session: a signal to the gateway's process group (Ctrl-C, killpg)
-        # reaches the workers first; the sequencer is stopped after they are done.
-        # It exits by itself if this process dies (--parent-pid).
-        return subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-            [*self._command, "--parent-pid", str(os.getpid())], start_new_session=True
+        # reaches the workers first; the sequencer is stopped after they are done,
+        # and stops by itself if the gateway dies (parent_pid).
+        os.setsid()
+        from gateway.audit.sequencer import run_sequencer
+
+        asyncio.run(
+            run_sequencer(
+                settings.data_dir,
+                settings.database_url,
+                socket,
+                parent_pid=parent,
+                witnesses=settings.witnesses,  # the log's one writer pushes to them
+            )
         )
+        return 0
 
-    def run(self) -> None:
-        import logging
-
-        log = logging.getLogger("gateway")
-        while not self._stopping.wait(0.2):
-            with self._lock:
-                code = self._process.poll()
-                if code is None or self._stopping.is_set():
-                    continue
-                log.error("the audit sequencer exited (%s); restarting it", code)
-                self._process = self._spawn()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping.set()
-            process = self._process
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return msgspec.structs.replace(settings, sequencer_socket=socket), sequencer
 
 
 def _sequencer_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -252,28 +206,6 @@ def cmd_sequencer(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _encode_path(value: object) -> str:
-    if isinstance(value, Path):
-        return str(value)
-    raise NotImplementedError(f"cannot encode {type(value).__name__}")
-
-
-def _decode_path(kind: type, value: object) -> object:
-    if kind is Path and isinstance(value, str):
-        return Path(value)
-    raise NotImplementedError(f"cannot decode {kind.__name__}")
-
-
-def app_from_env() -> object:
-    """The app for a uvicorn worker process, from settings the parent serialised."""
-    from gateway.app import create_app
-
-    settings = msgspec.json.decode(
-        os.environ[SETTINGS_ENV].encode(), type=Settings, dec_hook=_decode_path
-    )
-    return create_app(settings)
 
 
 def _preflight(settings: Settings) -> str | None:

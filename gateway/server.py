@@ -357,17 +357,12 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(
     settings: Settings,
     sock: socket.socket,
-    settings_env: str,
-    encode_path: Callable[[object], str],
+    sequencer: Callable[[], int] | None = None,
 ) -> None:
-    """Run uvicorn on ``sock`` (from :func:`bind`; closed on return): one process, or
-    ``workers`` processes that each build the app from the settings handed to them in
-    ``settings_env``."""
-    import os
-
-    import msgspec
+    """Run uvicorn on ``sock`` (from :func:`bind`; closed on return): in this process,
+    or, with several workers or an audit ``sequencer`` process, in worker processes
+    forked by a :class:`~gateway.supervisor.Supervisor`."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -381,12 +376,20 @@ def serve(
     options: dict[str, Any] = {"host": settings.host, "port": settings.port}
     options.update(uvicorn_options(log_level=settings.log_level))
     try:
-        if settings.workers > 1:
-            os.environ[settings_env] = msgspec.json.encode(settings, enc_hook=encode_path).decode()
-            config = uvicorn.Config(
-                "gateway.cli:app_from_env", factory=True, workers=settings.workers, **options
-            )
-            Multiprocess(config, sockets=[sock]).run()
+        if settings.workers > 1 or sequencer is not None:
+            from gateway.supervisor import STARTUP_FAILURE, Supervisor
+
+            _import_worker_modules()  # once, here: the forked workers share them
+
+            def worker() -> int:
+                from gateway.app import create_app
+
+                server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+                server.run(sockets=[sock])
+                return 0 if server.started else STARTUP_FAILURE
+
+            if not Supervisor(settings.workers, worker, sequencer).run():
+                raise StartError("the gateway did not start; the log above says why")
             return
         from gateway.app import create_app
 
@@ -396,3 +399,10 @@ def serve(
             raise StartError("the gateway did not start; the log above says why")
     finally:
         sock.close()
+
+
+def _import_worker_modules() -> None:
+    """Import what a worker imports when it starts, before the workers are forked,
+    so that the modules are pages they share rather than copies each one makes."""
+    import gateway.app
+    import gateway.audit.sequencer  # noqa: F401

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from gateway.cli import main
+from gateway.supervisor import SEQUENCER_NAME, WORKER_NAME
 from tests.support.servers import free_port
 
 
@@ -48,9 +49,19 @@ def test_two_workers_serve_and_share_one_verifiable_log(
             ]
         # Without Redis each worker holds half of Klout's 9/s: 4 calls at once fit.
         assert statuses == [200] * 4
+        # The parent forked its sequencer and two workers and only watches them, on
+        # one thread (a fork from a threaded process can copy a held lock).
+        assert sorted(_comm(child) for child in _children(process.pid)) == [
+            SEQUENCER_NAME, WORKER_NAME, WORKER_NAME
+        ]  # fmt: skip
+        assert len(list(Path(f"/proc/{process.pid}/task").iterdir())) == 1
+        # SIGTERM to the parent alone (as systemd or docker stop send it) stops all.
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=40) == 0
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # uvicorn's supervisor and its workers
-        process.wait(timeout=20)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
     out = tmp_path / "audit.jsonl"
     keys = tmp_path / "keys.pem"
     assert main(["audit", "export", "--out", str(out), "--data-dir", str(data)]) == 0
@@ -60,3 +71,11 @@ def test_two_workers_serve_and_share_one_verifiable_log(
     text = out.read_text()
     assert text.count('"kind":"lookup"') == 4
     assert text.count('"kind":"gateway.start"') == 2  # one per worker
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()

@@ -20,6 +20,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.demo.upstream import DemoUpstreamConfig, create_demo_upstream
+from gateway.supervisor import SEQUENCER_NAME, WORKER_NAME
 from tests.faults.support import (
     ALICE_SCORE,
     CRM,
@@ -275,16 +276,25 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _sequencer_of(pid: int) -> int | None:
-    """The live sequencer child of the gateway ``pid`` (a killed one is a zombie with
-    no command line until the gateway reaps it)."""
+def _named_children(pid: int, name: str) -> list[int]:
+    """The live children of the gateway ``pid`` that call themselves ``name`` (a
+    killed one is a zombie named in brackets until the gateway reaps it)."""
+    out = []
     for child in _children(pid):
         try:
-            if b"sequencer" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return child
+            stat = Path(f"/proc/{child}/stat").read_text()
         except FileNotFoundError:
             continue
-    return None
+        comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+        if comm == name and state != "Z":
+            out.append(child)
+    return out
+
+
+def _sequencer_of(pid: int) -> int | None:
+    """The live audit sequencer of the gateway ``pid``."""
+    found = _named_children(pid, SEQUENCER_NAME)
+    return found[0] if found else None
 
 
 @pytest.mark.slow
@@ -324,16 +334,8 @@ def test_kill_9_of_the_sequencer_under_load_loses_no_served_lookup(
 
 
 def _workers_of(pid: int) -> list[int]:
-    """The live uvicorn worker processes of the gateway ``pid`` (not its sequencer)."""
-    out = []
-    for child in _children(pid):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
-            out.append(child)
-    return out
+    """The live worker processes of the gateway ``pid`` (not its sequencer)."""
+    return _named_children(pid, WORKER_NAME)
 
 
 @pytest.mark.slow
