@@ -631,7 +631,7 @@ def _gateway(
         name = (
             f"gateway-{workers}w"
             + ("-pg" if postgres else "")
-            + ("-seq" if sequencer == "process" and workers == 1 else "")
+            + ("-thread" if sequencer == "thread" else "")
             + ("-variant" if variant else "")
         )
         return Server(
@@ -684,10 +684,10 @@ ROWS: dict[str, Row] = {
             _gateway(2, False, variant=True),
         ),
         Row(
-            "g1s",
-            "gateway, 1 worker, audit sequencer process (same CPU), SQLite",
+            "g1t",
+            "gateway, 1 worker, audit writer thread in the worker (no sequencer), SQLite",
             GATEWAY_PATH,
-            _gateway(1, False, "process"),
+            _gateway(1, False, "thread"),
         ),
         Row("g2", "gateway, 2 workers, one audit log on SQLite", GATEWAY_PATH, _gateway(2, False)),
     )
@@ -1220,7 +1220,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 wait_ready(server, base + "/healthz")
                 script = write_wrk_script(tmp)
                 run_wrk(base + "/", script, row.path, seconds=args.warmup, connections=64)
-                pid = max(server.pids()) if args.row.endswith("2") else server.pid
+                pid = server.pid  # with --subprocesses: its workers and sequencer too
                 for fmt, target in (("raw", args.raw), ("flamegraph", args.svg)):
                     load = threading.Thread(
                         target=run_wrk,
@@ -1244,6 +1244,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                             str(args.rate),
                             "--nonblocking",
                             "--threads",
+                            "--subprocesses",  # g2: the forked workers and sequencer
                             "--format",
                             fmt,
                             "-o",
@@ -1325,7 +1326,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--warmup", type=float, default=2.0, help="discarded seconds of load")
+        p.add_argument(
+            "--warmup",
+            type=float,
+            default=8.0,
+            help="discarded seconds of load (8: long enough for every worker of g2 to "
+            "have settled each of the 1,000 ids; each worker's first sight of an id is a "
+            "durable claim, measured by `paced --first-sight`, not by the steady rows)",
+        )
         p.add_argument(
             "--pg-url",
             default="postgresql://postgres@127.0.0.1:5432/test",

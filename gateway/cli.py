@@ -73,9 +73,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--audit-sequencer",
         choices=("auto", "thread", "process"),
-        help="commit audit records in a writer thread of each worker, or in one sequencer "
-        "process for all of them (auto, the default: a process when --workers > 1; "
-        "$GATEWAY_AUDIT_SEQUENCER)",
+        help="commit audit records in one sequencer process for all workers (process; "
+        "auto, the default, is the same), or in a writer thread of each worker (thread) "
+        "($GATEWAY_AUDIT_SEQUENCER)",
     )
     p.add_argument(
         "--otlp-endpoint",
@@ -141,7 +141,7 @@ def _audit_sequencer(settings: Settings) -> tuple[Settings, Callable[[], int] | 
     stops it after them, so that every record a worker sends has a writer; workers
     fail closed while it is away)."""
     mode = settings.audit_sequencer
-    if mode == "thread" or (mode == "auto" and settings.workers <= 1):
+    if mode == "thread":
         return settings, None
     from gateway.audit.sequencer import socket_path
 
@@ -156,15 +156,16 @@ def _audit_sequencer(settings: Settings) -> tuple[Settings, Callable[[], int] | 
         os.setsid()
         from gateway.audit.sequencer import run_sequencer
 
-        asyncio.run(
-            run_sequencer(
-                settings.data_dir,
-                settings.database_url,
-                socket,
-                parent_pid=parent,
-                witnesses=settings.witnesses,  # the log's one writer pushes to them
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(
+                run_sequencer(
+                    settings.data_dir,
+                    settings.database_url,
+                    socket,
+                    parent_pid=parent,
+                    witnesses=settings.witnesses,  # the log's one writer pushes to them
+                )
             )
-        )
         return 0
 
     return msgspec.structs.replace(settings, sequencer_socket=socket), sequencer
@@ -196,16 +197,27 @@ def cmd_sequencer(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     socket = args.socket or socket_path(args.data_dir)
-    asyncio.run(
-        run_sequencer(
-            args.data_dir,
-            args.database_url,
-            socket,
-            parent_pid=args.parent_pid,
-            witnesses=args.witness,
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(
+            run_sequencer(
+                args.data_dir,
+                args.database_url,
+                socket,
+                parent_pid=args.parent_pid,
+                witnesses=args.witness,
+            )
         )
-    )
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (uvicorn's workers use it too); its
+    socket reads and writes cost the sequencer less CPU per frame than asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed with uvicorn[standard]
+        return None
+    return uvloop.new_event_loop
 
 
 def _preflight(settings: Settings) -> str | None:

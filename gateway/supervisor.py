@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -40,6 +39,7 @@ STARTUP_FAILURE = 3  # uvicorn's exit code for an app that could not start
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _RESET_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT)
 _PR_SET_NAME = 15
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -129,9 +129,10 @@ class Supervisor:
     def _start(self, child: _Child) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; covered by the serve tests
-            _run_child(child)
+            _run_child(child, parent)
         child.pid, child.started = pid, time.monotonic()
         log.debug("started %s %d", child.role, pid)
 
@@ -191,12 +192,19 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _run_child(child: _Child) -> NoReturn:  # pragma: no cover - runs in the child
+def _run_child(child: _Child, parent: int) -> NoReturn:  # pragma: no cover - in the child
     code = 1
     try:
         for sig in _RESET_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         set_process_name(child.name)
+        if child.role == "worker":
+            # A parent killed with -9 cannot stop its workers: the kernel sends them
+            # SIGTERM instead, so no orphan keeps serving on the port. (The sequencer
+            # watches for that itself, and stops after the workers have drained.)
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # it died before the line above
+                os._exit(0)
         code = child.body()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -214,8 +222,9 @@ def set_process_name(name: str) -> None:
     """Name this process in ``/proc/PID/comm`` (Linux; 15 bytes at most), so that
     ``ps -o pid,comm``, ``top`` and ``pgrep -x`` tell the gateway's processes apart.
     Elsewhere this does nothing."""
-    path = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or path is None:
-        return
-    libc = ctypes.CDLL(path, use_errno=True)
-    libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    _prctl(_PR_SET_NAME, name.encode()[:15])
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    if sys.platform.startswith("linux"):  # the interpreter links the C library's prctl
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)

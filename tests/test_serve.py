@@ -77,5 +77,54 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def _comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+@pytest.mark.slow
+def test_a_gateway_killed_with_9_leaves_no_process_behind(tmp_path: Path) -> None:
+    """SIGKILL of serve's parent (an OOM kill, kill -9): the kernel stops its worker,
+    and its sequencer stops once the worker has drained; nothing keeps the port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--demo", "--port", str(port),
+         "--data-dir", str(tmp_path / "var"), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, "gateway serve exited"
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not become ready"
+            time.sleep(0.1)
+        children = _children(process.pid)
+        assert sorted(_comm(child) for child in children) == [SEQUENCER_NAME, WORKER_NAME]
+        process.kill()
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(_alive(child) for child in children):
+            assert time.monotonic() < deadline, "a child outlived the gateway"
+            time.sleep(0.1)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/readyz", timeout=1)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)

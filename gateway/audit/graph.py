@@ -383,6 +383,15 @@ class IdentityStore:
         """Settle an id about to be forwarded: ``issued`` if the gateway issued it,
         else record it as ``real`` (so it is never issued afterwards)."""
         try:
+            # A read first, without the write lock: an id's row, once there, never
+            # changes, and with several workers or replicas most ids were settled by
+            # another one (on SQLite the lock is the audit log's own write lock).
+            with self.engine.connect() as conn:
+                kind = conn.execute(
+                    select(IDS.c.kind).where(IDS.c.pseudonym == pseudonym)
+                ).scalar_one_or_none()
+            if kind is not None:
+                return "issued" if kind == "issued" else "real"
             with self._locked_connection() as conn, conn.begin():
                 kind = conn.execute(
                     select(IDS.c.kind).where(IDS.c.pseudonym == pseudonym)

@@ -38,6 +38,7 @@ import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import msgspec
@@ -206,9 +207,9 @@ class _WorkerConnection(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._replies = _Coalescer(transport)
+        # A stream socket's transport (uvloop's is not an asyncio.Transport subclass).
+        self._transport = cast(asyncio.Transport, transport)
+        self._replies = _Coalescer(self._transport)
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -358,7 +359,7 @@ async def run_sequencer(
             if ready is not None:
                 ready.set()
             if parent_pid is not None:
-                watch = asyncio.create_task(_watch_parent(parent_pid, stop))
+                watch = asyncio.create_task(_watch_parent(parent_pid, server, stop))
             await stop.wait()
             if parent_pid is not None:
                 watch.cancel()
@@ -373,13 +374,22 @@ async def run_sequencer(
         store.close()
 
 
-async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+async def _watch_parent(
+    pid: int, server: SequencerServer, stop: asyncio.Event, drain: float = 30.0
+) -> None:
     # Polled: no event tells a child that its parent died (prctl is Linux-only).
     while True:
         await asyncio.sleep(0.5)
         if os.getppid() != pid:
             break
-    log.warning("the gateway that started this sequencer is gone; stopping")
+    log.warning("the gateway that started this sequencer is gone; stopping after its workers")
+    # The workers drain their lookups in flight (the kernel sent them SIGTERM), and
+    # each needs its records committed: stop once none is connected, or at the latest
+    # after a worker's graceful shutdown could have ended.
+    for _ in range(int(drain / 0.1)):  # polled: connections close on the workers' side
+        if not server.connections:
+            break
+        await asyncio.sleep(0.1)
     stop.set()
 
 
