@@ -79,8 +79,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     demo_upstream_port: int = 0
     workers: int = 1
     # Who commits audit records: "thread" (a writer thread in this process),
-    # "process" (one sequencer process for every worker), or "auto" (process when
-    # workers > 1). gateway/audit/sequencer.py says why.
+    # "process" (one sequencer process for every worker), or "auto" (process, for
+    # one worker too). gateway/audit/sequencer.py says why.
     audit_sequencer: str = "auto"
     # Set by `serve` for its workers: the socket of the running sequencer.
     sequencer_socket: Path | None = None

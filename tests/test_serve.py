@@ -21,27 +21,9 @@ from tests.support.servers import free_port
 def test_two_workers_serve_and_share_one_verifiable_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()
     data = tmp_path / "var"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--demo", "--workers", "2",
-         "--port", str(port), "--data-dir", str(data), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process, url = _serve(data, "--workers", "2")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, "gateway serve --workers 2 exited"
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "two workers did not become ready"
-            time.sleep(0.1)
         with httpx.Client(base_url=url) as c:
             statuses = [
                 c.get("/klout/v2/user.json/5001/score", params={"key": "demo-crm-key"}).status_code
@@ -73,6 +55,33 @@ def test_two_workers_serve_and_share_one_verifiable_log(
     assert text.count('"kind":"gateway.start"') == 2  # one per worker
 
 
+def _serve(data: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``gateway serve --demo`` in a session of its own, once it is ready."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--demo", "--port", str(port),
+         "--data-dir", str(data), "--log-level", "warning", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway serve {' '.join(extra)} exited {process.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+            raise AssertionError("gateway serve did not become ready")
+        time.sleep(0.1)
+
+
 def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -94,26 +103,8 @@ def _comm(pid: int) -> str:
 def test_a_gateway_killed_with_9_leaves_no_process_behind(tmp_path: Path) -> None:
     """SIGKILL of serve's parent (an OOM kill, kill -9): the kernel stops its worker,
     and its sequencer stops once the worker has drained; nothing keeps the port."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--demo", "--port", str(port),
-         "--data-dir", str(tmp_path / "var"), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process, url = _serve(tmp_path / "var")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, "gateway serve exited"
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not become ready"
-            time.sleep(0.1)
         children = _children(process.pid)
         assert sorted(_comm(child) for child in children) == [SEQUENCER_NAME, WORKER_NAME]
         process.kill()
