@@ -146,8 +146,12 @@ def write_proxy_conf(tmp: Path, port: int, upstream_port: int) -> Path:
     return path
 
 
-def write_wrk_script(tmp: Path, *, delay_ms: float | None = None) -> Path:
-    """Cycle ids 1..1000 over ``prefix .. id .. suffix``; print a JSON summary at the end.
+def write_wrk_script(tmp: Path, *, delay_ms: float | None = None, ids: int = 1000) -> Path:
+    """Cycle ids 1..``ids`` over ``prefix .. id .. suffix``; print a JSON summary at the end.
+
+    With more than 1,000 ids each wrk run starts at a random id, so that a measured
+    run does not repeat the ids of its warm-up: with ``--ids 1000000`` nearly every
+    lookup is the first of its id (the cold traffic of a CRM enriching a list).
 
     With ``delay_ms`` each connection waits that long after each answer (wrk's
     ``delay()`` takes whole milliseconds, so the fraction is carried over): the
@@ -168,14 +172,19 @@ end
         """
 local prefix, suffix = "/", ""
 local counter = 0
+local ids = IDS
 init = function(args)
   prefix, suffix = args[1], args[2]
+  if ids > 1000 then
+    math.randomseed(os.time())
+    counter = math.random(0, ids - 1)
+  end
 end
 request = function()
-  counter = counter % 1000 + 1
+  counter = counter % ids + 1
   return wrk.format("GET", prefix .. counter .. suffix)
 end
-"""
+""".replace("IDS", str(ids))
         + delay
         + """
 done = function(summary, latency, requests)
@@ -191,7 +200,7 @@ done = function(summary, latency, requests)
 end
 """
     )
-    path = tmp / ("ids-delay.lua" if delay_ms is not None else "ids.lua")
+    path = tmp / (f"ids-{ids}-delay.lua" if delay_ms is not None else f"ids-{ids}.lua")
     path.write_text(script)
     return path
 
@@ -955,7 +964,7 @@ def cmd_rows(args: argparse.Namespace) -> int:
     try:
         with upstream_nginx(tmp, log_dir) as upstream_port:
             ctx = Context.of(tmp, upstream_port, log_dir, args)
-            script = write_wrk_script(tmp)
+            script = write_wrk_script(tmp, ids=args.ids)
             # Rounds interleave the rows, so drift on a shared VM hits every row alike.
             for round_no in range(args.runs):
                 for key in keys:
@@ -1367,6 +1376,13 @@ def build_parser() -> argparse.ArgumentParser:
     rows.add_argument("--runs", type=int, default=3, help="measured runs per row")
     rows.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     rows.add_argument("--connections", type=int, default=64)
+    rows.add_argument(
+        "--ids",
+        type=int,
+        default=1000,
+        help="distinct ids the load cycles through (1000000: cold traffic, each lookup "
+        "almost always the first of its id; use with --warmup 1)",
+    )
     rows.set_defaults(func=cmd_rows)
 
     soak = sub.add_parser("soak", help="peak RSS at saturation, then a long run at half capacity")

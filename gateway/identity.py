@@ -85,6 +85,10 @@ class IdentityGraph:
         self._issued: dict[str, str] = {}
         self._known: OrderedDict[str, bool] = OrderedDict()  # pseudonym -> issued?
         self._claiming: set[str] = set()  # real ids seen in answers, claim queued
+        # Claims waiting for the next batch (one transaction for all that arrive
+        # while the previous batch commits): pseudonym -> (namespace, length, kind).
+        self._claims: dict[str, tuple[str, int, asyncio.Future[str]]] = {}
+        self._claimer: asyncio.Task[None] | None = None
         self._values: dict[tuple[str, str], str] = {}
         self._lengths: dict[str, dict[int, int]] = {}
         self._lengths_at = 0.0
@@ -109,6 +113,8 @@ class IdentityGraph:
     async def close(self) -> None:
         with contextlib.suppress(StoreError, TimeoutError):
             await asyncio.wait_for(self.flush(), 5)
+        if self._claimer is not None:
+            self._tasks.append(self._claimer)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -196,9 +202,7 @@ class IdentityGraph:
             while True:
                 try:
                     if namespace:
-                        kind = await asyncio.to_thread(
-                            self.store.claim_real, group[0], namespace, length
-                        )
+                        kind = await self._claim(group[0], namespace, length)
                         self._remember(group[0], kind == "issued")
                         self._claiming.discard(group[0])
                     else:
@@ -290,9 +294,43 @@ class IdentityGraph:
         known = self.is_issued_known(pseudonym)
         if known is not None:
             return known
-        kind = await asyncio.to_thread(self.store.claim_real, pseudonym, namespace, length)
+        kind = await self._claim(pseudonym, namespace, length)
         self._remember(pseudonym, kind == "issued")
         return kind == "issued"
+
+    async def _claim(self, pseudonym: str, namespace: str, length: int) -> str:
+        """``claim_real`` in a batch: ids first seen while a batch commits wait for the
+        next one, so a burst of new ids costs one transaction, not one each."""
+        waiting = self._claims.get(pseudonym)
+        if waiting is None:
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_observed)  # its callers may all have gone away
+            waiting = (namespace, length, future)
+            self._claims[pseudonym] = waiting
+            if self._claimer is None:
+                self._claimer = asyncio.create_task(self._claim_batches(), name="id-claims")
+        # Shielded: a caller that goes away must not cancel the others' answer.
+        return await asyncio.shield(waiting[2])
+
+    async def _claim_batches(self) -> None:
+        batch: dict[str, tuple[str, int, asyncio.Future[str]]] = {}
+        try:
+            while self._claims:
+                batch, self._claims = self._claims, {}
+                claims = [(p, namespace, length) for p, (namespace, length, _) in batch.items()]
+                try:
+                    kinds = await asyncio.to_thread(self.store.claim_real_many, claims)
+                except StoreError as exc:
+                    _settle(batch, error=str(exc))
+                    continue
+                for p, (_, _, future) in batch.items():
+                    if not future.done():
+                        future.set_result(kinds[p])
+        finally:  # cancelled (closing): nobody waits for ever
+            _settle(batch, error="the identity graph is closing")
+            _settle(self._claims, error="the identity graph is closing")
+            self._claims = {}
+            self._claimer = None
 
     def saw_real(self, pseudonym: str, namespace: str, length: int) -> None:
         """An upstream answer named this id: claim it as real in the store (so it is
@@ -378,6 +416,17 @@ def _pick(weights: list[tuple[int, int]], mac: bytes) -> int:
             return length
         point -= weight
     return weights[-1][0]
+
+
+def _settle(claims: Mapping[str, tuple[str, int, asyncio.Future[str]]], *, error: str) -> None:
+    for _, _, future in claims.values():
+        if not future.done():
+            future.set_exception(StoreError(error))
+
+
+def _observed(future: asyncio.Future[str]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # -- the request path's questions, one call each ---------------------------------------

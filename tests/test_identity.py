@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -323,3 +324,37 @@ def test_a_length_seen_before_its_claim_is_stored_survives_a_refresh(tmp_path: P
             await graph.close()
 
     assert len(asyncio.run(run())) == 4
+
+
+def test_a_burst_of_new_ids_is_claimed_in_one_transaction(tmp_path: Path) -> None:
+    """Ids first seen together (a CRM enriching a list) are settled in one claim
+    batch, not one transaction and fsync each; a caller that goes away does not
+    cancel the others' answer."""
+    store, pseudonyms = _graph_pair(tmp_path)
+    calls: list[int] = []
+    claim_many = store.claim_real_many
+
+    def counting(claims: Sequence[tuple[str, str, int]]) -> dict[str, Literal["real", "issued"]]:
+        calls.append(len(claims))
+        return claim_many(claims)
+
+    store.claim_real_many = counting  # type: ignore[method-assign]
+    ids = [pseudonyms.pseudonym("klout_id", str(n)) for n in range(6000, 6050)]
+
+    async def run() -> list[bool]:
+        graph = IdentityGraph(store, pseudonyms)
+        await graph.start()
+        try:
+            gone = asyncio.create_task(graph.is_issued(ids[0], "klout_id", 4))
+            asking = [asyncio.create_task(graph.is_issued(p, "klout_id", 4)) for p in ids]
+            await asyncio.sleep(0)  # every task has asked; the batch is in flight
+            gone.cancel()
+            answers = await asyncio.gather(*asking)
+            assert all(graph.is_issued_known(p) is False for p in ids)
+            return answers
+        finally:
+            await graph.close()
+
+    assert asyncio.run(run()) == [False] * 50
+    assert calls == [50]
+    assert store.claim_real_many([(ids[0], "klout_id", 4)]) == {ids[0]: "real"}

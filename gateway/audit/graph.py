@@ -382,35 +382,47 @@ class IdentityStore:
     def claim_real(self, pseudonym: str, namespace: str, length: int) -> Literal["real", "issued"]:
         """Settle an id about to be forwarded: ``issued`` if the gateway issued it,
         else record it as ``real`` (so it is never issued afterwards)."""
+        return self.claim_real_many([(pseudonym, namespace, length)])[pseudonym]
+
+    def claim_real_many(
+        self, claims: Sequence[tuple[str, str, int]]
+    ) -> dict[str, Literal["real", "issued"]]:
+        """:meth:`claim_real` for ``(pseudonym, namespace, length)`` claims at once: one
+        read, and one transaction (one commit, one fsync) for the ids not yet settled.
+
+        The read comes first, without the write lock: an id's row, once there, never
+        changes, and with several workers or replicas most ids were settled by
+        another one (on SQLite the lock is the audit log's own write lock).
+        """
+        pseudonyms = list(dict.fromkeys(p for p, _, _ in claims))
         try:
-            # A read first, without the write lock: an id's row, once there, never
-            # changes, and with several workers or replicas most ids were settled by
-            # another one (on SQLite the lock is the audit log's own write lock).
             with self.engine.connect() as conn:
-                kind = conn.execute(
-                    select(IDS.c.kind).where(IDS.c.pseudonym == pseudonym)
-                ).scalar_one_or_none()
-            if kind is not None:
-                return "issued" if kind == "issued" else "real"
-            with self._locked_connection() as conn, conn.begin():
-                kind = conn.execute(
-                    select(IDS.c.kind).where(IDS.c.pseudonym == pseudonym)
-                ).scalar_one_or_none()
-                if kind is None:
-                    with contextlib.suppress(IntegrityError), conn.begin_nested():
-                        conn.execute(
-                            insert(IDS),
-                            {"pseudonym": pseudonym, "namespace": namespace, "kind": "real",
-                             "length": length, "rev": 0},
-                        )  # fmt: skip
-                    kind = conn.execute(
-                        select(IDS.c.kind).where(IDS.c.pseudonym == pseudonym)
-                    ).scalar_one()
+                kinds = self._kinds(conn, pseudonyms)
+            new = {p: (ns, n) for p, ns, n in claims if p not in kinds}
+            if new:
+                with self._locked_connection() as conn, conn.begin():
+                    rows = [
+                        {"pseudonym": p, "namespace": ns, "kind": "real", "length": n, "rev": 0}
+                        for p, (ns, n) in new.items()
+                    ]
+                    # Another replica may claim or issue one meanwhile (PostgreSQL has
+                    # no database lock here): its row stands, and is read back below.
+                    conn.execute(_insert_ignoring_conflicts(self._postgres), rows)
+                    kinds.update(self._kinds(conn, list(new)))
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"the identity graph is unavailable: {exc.__class__.__name__}"
             ) from exc
-        return "issued" if kind == "issued" else "real"
+        return {p: "issued" if kinds[p] == "issued" else "real" for p in pseudonyms}
+
+    @staticmethod
+    def _kinds(conn: Connection, pseudonyms: list[str]) -> dict[str, str]:
+        kinds: dict[str, str] = {}
+        for start in range(0, len(pseudonyms), 500):  # bound the statement's parameters
+            chunk = pseudonyms[start : start + 500]
+            query = select(IDS.c.pseudonym, IDS.c.kind).where(IDS.c.pseudonym.in_(chunk))
+            kinds.update((p, k) for p, k in conn.execute(query))
+        return kinds
 
     def issued_for(self, namespace: str, owner: str) -> Issued | None:
         """The neutral id already issued to ``owner``'s person in ``namespace``, if any
@@ -506,3 +518,14 @@ class IdentityStore:
                 )
             ]
         return GraphChanges(rev, members, objections, issued)
+
+
+def _insert_ignoring_conflicts(postgres: bool) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into the ids table, in the store's dialect."""
+    if postgres:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(IDS).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(IDS).on_conflict_do_nothing()

@@ -112,6 +112,27 @@ def test_an_issued_id_never_collides_with_a_forwarded_one(graph: IdentityStore) 
     assert graph.lengths() == {"klout_id": {4: 1}}
 
 
+def test_claims_in_one_batch_settle_each_id_once(graph: IdentityStore) -> None:
+    """A batch mixing an issued id, an id already real, new ids and a repeat: each
+    gets its kind, and only the new ones are added (their lengths counted once)."""
+    graph.claim_real(ps("klout_id", "5001"), "klout_id", 4)
+    issued = graph.issue("klout_id", ps("twitter_id", "1999"), _candidates(["5007"]))
+    new = [ps("klout_id", str(n)) for n in range(60000, 60600)]  # more than one IN chunk
+    claims = [
+        (issued.pseudonym, "klout_id", 4),
+        (ps("klout_id", "5001"), "klout_id", 4),
+        *[(p, "klout_id", 5) for p in new],
+        (new[0], "klout_id", 5),
+    ]
+    kinds = graph.claim_real_many(claims)
+    assert kinds[issued.pseudonym] == "issued"
+    assert kinds[ps("klout_id", "5001")] == "real"
+    assert all(kinds[p] == "real" for p in new)
+    assert len(kinds) == 602
+    assert graph.lengths() == {"klout_id": {4: 1, 5: 600}}
+    assert graph.claim_real_many(claims) == kinds  # settled: a read, the same answer
+
+
 def test_one_person_gets_one_neutral_id_whichever_identifier_is_asked(
     graph: IdentityStore,
 ) -> None:
