@@ -14,7 +14,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.supervisor import SEQUENCER_NAME, WORKER_NAME
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_until_serving
 
 
 @pytest.mark.slow
@@ -66,20 +66,8 @@ def _serve(data: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
         start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway serve {' '.join(extra)} exited {process.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-            raise AssertionError("gateway serve did not become ready")
-        time.sleep(0.1)
+    wait_until_serving(process, url + "/readyz")
+    return process, url
 
 
 def _children(pid: int) -> list[int]:

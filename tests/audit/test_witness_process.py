@@ -15,7 +15,7 @@ import pytest
 
 from gateway.audit.store import AuditStore
 from gateway.cli import main
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_until_serving
 
 LOAD_SECONDS = 30
 NAME = "witness.test/w1"
@@ -46,17 +46,8 @@ def _start_witness(
             stdout=sink, stderr=sink,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"witness exited {process.returncode}: {out.read_text()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, out.read_text()
-        time.sleep(0.05)
+    wait_until_serving(process, url + "/healthz", log=out, timeout=15)
+    return process, url
 
 
 def _start_gateway(data: Path, witness: str, out: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -68,17 +59,8 @@ def _start_gateway(data: Path, witness: str, out: Path) -> tuple[subprocess.Pope
             stdout=sink, stderr=sink,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited {process.returncode}: {out.read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, out.read_text()
-        time.sleep(0.05)
+    wait_until_serving(process, url + "/readyz", log=out)
+    return process, url
 
 
 @pytest.mark.slow

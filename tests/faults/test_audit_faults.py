@@ -33,7 +33,7 @@ from tests.faults.support import (
     wait_for,
 )
 from tests.support.gateway import RunningGateway, running_gateway
-from tests.support.servers import free_port, serve_asgi
+from tests.support.servers import free_port, serve_asgi, wait_until_serving
 
 ROOMY_UPSTREAM = DemoUpstreamConfig(calls_per_second=1e6, calls_per_day=10**9)
 
@@ -189,19 +189,8 @@ def _start_gateway(
             stderr=out,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"gateway exited {process.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"gateway did not become ready: {log.read_text()}")
-        time.sleep(0.05)
+    wait_until_serving(process, url + "/readyz", log=log, timeout=15)
+    return process, url
 
 
 def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from gateway.server import uvicorn_options
@@ -20,6 +25,36 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_until_serving(
+    process: subprocess.Popen[bytes], url: str, *, log: Path | None = None, timeout: float = 20.0
+) -> None:
+    """Poll ``url`` until it answers 200 while ``process`` runs. If the process
+    exits, or ``timeout`` passes (then it is killed, with its session if it leads
+    one), fail with the end of its ``log``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args!r} exited {process.returncode}: {_tail(log)}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                if os.getsid(process.pid) == process.pid:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
+            process.wait(timeout=20)
+            raise AssertionError(f"{url} did not answer within {timeout} s: {_tail(log)}")
+        time.sleep(0.05)
+
+
+def _tail(log: Path | None) -> str:
+    return log.read_text()[-4000:] if log is not None and log.exists() else "(no log)"
 
 
 class _ThreadServer(uvicorn.Server):
