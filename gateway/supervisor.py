@@ -86,8 +86,9 @@ class Supervisor:
 
     def run(self) -> bool:
         """Serve until asked to stop; False when a worker could not start."""
-        if threading.active_count() != 1:  # pragma: no cover - a programming error
-            raise RuntimeError("the supervisor must fork from a single-threaded process")
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if others:  # pragma: no cover - nothing in the gateway starts one before serve
+            log.warning("forking workers while other threads run (%s)", ", ".join(others))
         previous = {sig: signal.signal(sig, self._on_stop) for sig in _STOP_SIGNALS}
         try:
             # Objects alive now are the shared image: keep the collector of every
