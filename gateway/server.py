@@ -364,6 +364,8 @@ def serve(
     forked by a :class:`~gateway.supervisor.Supervisor`."""
     import uvicorn
 
+    from gateway.supervisor import STARTUP_FAILURE, Supervisor
+
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     logging.getLogger("gateway").info(
@@ -375,34 +377,36 @@ def serve(
     )
     options: dict[str, Any] = {"host": settings.host, "port": settings.port}
     options.update(uvicorn_options(log_level=settings.log_level))
-    try:
-        if settings.workers > 1 or sequencer is not None:
-            from gateway.supervisor import STARTUP_FAILURE, Supervisor
 
-            _import_worker_modules()  # once, here: the forked workers share them
-
-            def worker() -> int:
-                from gateway.app import create_app
-
-                server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
-                server.run(sockets=[sock])
-                return 0 if server.started else STARTUP_FAILURE
-
-            if not Supervisor(settings.workers, worker, sequencer).run():
-                raise StartError("the gateway did not start; the log above says why")
-            return
+    def worker() -> int:
         from gateway.app import create_app
 
         server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
         server.run(sockets=[sock])
-        if not server.started:
+        return 0 if server.started else STARTUP_FAILURE
+
+    try:
+        if settings.workers > 1 or sequencer is not None:
+            _import_worker_modules(settings, options)  # once, here: the forks share them
+            ok = Supervisor(settings.workers, worker, sequencer).run()
+        else:
+            ok = worker() == 0
+        if not ok:
             raise StartError("the gateway did not start; the log above says why")
     finally:
         sock.close()
 
 
-def _import_worker_modules() -> None:
-    """Import what a worker imports when it starts, before the workers are forked,
-    so that the modules are pages they share rather than copies each one makes."""
-    import gateway.app
-    import gateway.audit.sequencer  # noqa: F401
+def _import_worker_modules(settings: Settings, options: dict[str, Any]) -> None:
+    """Import every module a worker loads when it starts, before the workers are
+    forked, so that the modules are pages they share rather than copies each one
+    makes: build the app and uvicorn's configuration once and drop them. Nothing
+    starts (the app opens its stores and connections in its lifespan)."""
+    import uvicorn
+
+    import gateway.audit.sequencer  # noqa: F401  (the workers' client of the sequencer)
+    from gateway.app import create_app
+
+    config = uvicorn.Config(create_app(settings), **options)
+    config.load()  # the protocol, lifespan and middleware modules
+    config.get_loop_factory()  # uvloop
