@@ -154,18 +154,8 @@ def _audit_sequencer(settings: Settings) -> tuple[Settings, Callable[[], int] | 
         # reaches the workers first; the sequencer is stopped after they are done,
         # and stops by itself if the gateway dies (parent_pid).
         os.setsid()
-        from gateway.audit.sequencer import run_sequencer
-
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(
-                run_sequencer(
-                    settings.data_dir,
-                    settings.database_url,
-                    socket,
-                    parent_pid=parent,
-                    witnesses=settings.witnesses,  # the log's one writer pushes to them
-                )
-            )
+        # The log's one writer pushes its checkpoints to the witnesses.
+        _run_sequencer(settings.data_dir, settings.database_url, socket, parent, settings.witnesses)
         return 0
 
     return msgspec.structs.replace(settings, sequencer_socket=socket), sequencer
@@ -192,32 +182,38 @@ def _sequencer_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def cmd_sequencer(args: argparse.Namespace) -> int:
-    from gateway.audit.sequencer import run_sequencer, socket_path
+    from gateway.audit.sequencer import socket_path
     from gateway.telemetry import configure_logging
 
     configure_logging(args.log_level)
     socket = args.socket or socket_path(args.data_dir)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(
-            run_sequencer(
-                args.data_dir,
-                args.database_url,
-                socket,
-                parent_pid=args.parent_pid,
-                witnesses=args.witness,
-            )
-        )
+    _run_sequencer(args.data_dir, args.database_url, socket, args.parent_pid, args.witness)
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (uvicorn's workers use it too); its
-    socket reads and writes cost the sequencer less CPU per frame than asyncio's."""
+def _run_sequencer(
+    data_dir: Path,
+    database_url: str | None,
+    socket: Path,
+    parent_pid: int | None,
+    witnesses: Sequence[str],
+) -> None:
+    """The sequencer until it is stopped, on uvloop when it is installed (uvicorn's
+    workers use it too): its socket reads and writes cost less CPU per frame."""
+    from gateway.audit.sequencer import run_sequencer
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - installed with uvicorn[standard]
-        return None
-    return uvloop.new_event_loop
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(
+            run_sequencer(
+                data_dir, database_url, socket, parent_pid=parent_pid, witnesses=witnesses
+            )
+        )
 
 
 def _preflight(settings: Settings) -> str | None:
