@@ -37,7 +37,6 @@ WORKER_NAME = "gateway-worker"
 SEQUENCER_NAME = "gateway-seq"
 STARTUP_FAILURE = 3  # uvicorn's exit code for an app that could not start
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_RESET_SIGNALS = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT)
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 
@@ -49,10 +48,6 @@ class _Child:
     body: Callable[[], int]  # runs in the child; its return value is the exit code
     pid: int = 0
     started: float = 0.0
-
-    @property
-    def who(self) -> tuple[str, int]:
-        return self.role, self.pid
 
 
 class Supervisor:
@@ -109,14 +104,6 @@ class Supervisor:
             gc.unfreeze()
         return not self._failed
 
-    def pids(self) -> dict[str, list[int]]:
-        """The live children's process ids by role (for tests and the log)."""
-        out: dict[str, list[int]] = {"worker": [], "sequencer": []}
-        for child in self._children():
-            if child.pid:
-                out[child.role].append(child.pid)
-        return out
-
     # -- internals ----------------------------------------------------------------------
 
     def _children(self) -> list[_Child]:
@@ -139,29 +126,22 @@ class Supervisor:
 
     def _reap(self) -> None:
         for child in self._children():
-            if not child.pid:
-                if time.monotonic() - child.started >= 1.0 and not self._stopping:
-                    self._start(child)  # its pause after a quick death is over
-                continue
-            try:
+            if child.pid:
                 pid, status = os.waitpid(child.pid, os.WNOHANG)
-            except ChildProcessError:  # pragma: no cover - reaped elsewhere
-                pid, status = child.pid, 0
-            if pid == 0:
-                continue
-            code = os.waitstatus_to_exitcode(status)
-            child.pid = 0
-            if self._stopping:
-                continue
-            if child.role == "worker" and code == STARTUP_FAILURE:
-                log.error("a worker could not start (the log above says why); stopping")
-                self._failed = self._stopping = True
-                continue
-            how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            log.error("the %s (process %d) ended with %s; restarting it", child.role, pid, how)
-            if time.monotonic() - child.started >= 1.0:
-                self._start(child)
-            # else: restarted by a later poll, a second after its start
+                if pid == 0:
+                    continue  # running
+                child.pid = 0
+                code = os.waitstatus_to_exitcode(status)
+                if self._stopping:
+                    return
+                if child.role == "worker" and code == STARTUP_FAILURE:
+                    log.error("a worker could not start (the log above says why); stopping")
+                    self._failed = self._stopping = True
+                    return
+                how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                log.error("the %s (process %d) ended with %s; restarting it", child.role, pid, how)
+            if not self._stopping and time.monotonic() - child.started >= 1.0:
+                self._start(child)  # at once, or a second after a start that died quickly
 
     def _stop_all(self) -> None:
         self._stopping = True
@@ -180,7 +160,9 @@ class Supervisor:
                 if pid:
                     child.pid = 0
                 elif time.monotonic() >= deadline:
-                    log.warning("the %s (process %d) did not stop; killing it", *child.who)
+                    log.warning(
+                        "the %s (process %d) did not stop; killing it", child.role, child.pid
+                    )
                     _signal(child.pid, signal.SIGKILL)
                     os.waitpid(child.pid, 0)
                     child.pid = 0
@@ -196,7 +178,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 def _run_child(child: _Child, parent: int) -> NoReturn:  # pragma: no cover - in the child
     code = 1
     try:
-        for sig in _RESET_SIGNALS:
+        for sig in _STOP_SIGNALS:  # the parent's handlers: uvicorn installs its own
             signal.signal(sig, signal.SIG_DFL)
         set_process_name(child.name)
         if child.role == "worker":
