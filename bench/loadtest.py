@@ -942,6 +942,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def run_dirs(kind: str | None) -> tuple[str, Path, Path]:
+    """A timestamp, a scratch directory and a new server-log directory under
+    ``bench/results`` for one run of a command (``kind`` names soak and paced runs)."""
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    tmp = Path(tempfile.mkdtemp(prefix=f"{kind or 'loadtest'}-"))
+    log_dir = RESULTS / (f"logs-{kind}-{stamp}" if kind else f"logs-{stamp}")
+    log_dir.mkdir()
+    return stamp, tmp, log_dir
+
+
 def row_keys(rows: str) -> list[str]:
     """The rows a comma-separated ``--rows`` names, in order; unknown ones are refused."""
     keys = [k.strip() for k in rows.split(",") if k.strip()]
@@ -954,11 +965,7 @@ def row_keys(rows: str) -> list[str]:
 def cmd_rows(args: argparse.Namespace) -> int:
     require_tools("nginx", "wrk", "taskset")
     keys = row_keys(args.rows)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    tmp = Path(tempfile.mkdtemp(prefix="loadtest-"))
-    log_dir = RESULTS / f"logs-{stamp}"
-    log_dir.mkdir()
+    stamp, tmp, log_dir = run_dirs(None)
     runs: list[dict[str, Any]] = []
     output = RESULTS / f"rows-{stamp}.json"
     try:
@@ -1034,11 +1041,7 @@ def _progress(result: dict[str, Any]) -> str:
 def cmd_soak(args: argparse.Namespace) -> int:
     """Peak RSS at saturation, then ``--duration`` seconds at ``--fraction`` of that rate."""
     require_tools("nginx", "wrk", "taskset")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    tmp = Path(tempfile.mkdtemp(prefix="soak-"))
-    log_dir = RESULTS / f"logs-soak-{stamp}"
-    log_dir.mkdir()
+    stamp, tmp, log_dir = run_dirs("soak")
     output = RESULTS / f"soak-{stamp}.json"
     report: dict[str, Any] = {"args": _args(args)}
     try:
@@ -1135,11 +1138,7 @@ def cmd_paced(args: argparse.Namespace) -> int:
     """p50 at a fixed light rate (open loop), each row started fresh, rounds interleaved."""
     require_tools("nginx", "wrk", "taskset")
     keys = row_keys(args.rows)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    tmp = Path(tempfile.mkdtemp(prefix="paced-"))
-    log_dir = RESULTS / f"logs-paced-{stamp}"
-    log_dir.mkdir()
+    stamp, tmp, log_dir = run_dirs("paced")
     runs: list[dict[str, Any]] = []
     try:
         with upstream_nginx(tmp, log_dir) as upstream_port:
