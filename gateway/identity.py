@@ -86,7 +86,7 @@ class IdentityGraph:
         self._known: OrderedDict[str, bool] = OrderedDict()  # pseudonym -> issued?
         self._claiming: set[str] = set()  # real ids seen in answers, claim queued
         # Claims waiting for the next batch (one transaction for all that arrive
-        # while the previous batch commits): pseudonym -> (namespace, length, kind).
+        # while the previous batch commits): pseudonym -> (namespace, length, future kind).
         self._claims: dict[str, tuple[str, int, asyncio.Future[str]]] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._values: dict[tuple[str, str], str] = {}
