@@ -1,5 +1,5 @@
 """A real `gateway witness` process beside a real `gateway serve --demo`, under light load
-for 30 seconds: every checkpoint the gateway signs is cosigned, and the export verifies
+for 12 seconds: every checkpoint the gateway signs is cosigned, and the export verifies
 with the witness key."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gateway.audit.store import AuditStore
 from gateway.cli import main
 from tests.support.servers import free_port, wait_until_serving
 
-LOAD_SECONDS = 30
+LOAD_SECONDS = 12
 NAME = "witness.test/w1"
 
 
@@ -68,7 +68,7 @@ def _start_gateway(data: Path, witness: str, out: Path) -> tuple[subprocess.Pope
 def test_a_witness_process_cosigns_every_checkpoint_of_a_serving_gateway(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """30 s of lookups at ~6/s: each checkpoint signed while serving is cosigned by the
+    """12 s of lookups at ~6/s: each checkpoint signed while serving is cosigned by the
     witness process, and `verify --witness-key` accepts the export."""
     data, witness_dir, logs = tmp_path / "var", tmp_path / "witness", tmp_path / "logs.txt"
     assert main(["keys", "generate", "--data-dir", str(data)]) == 0
