@@ -53,6 +53,7 @@ from gateway.clients import (
     load_issued_keys,
 )
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, render_problem
+from gateway.h1 import H1Transport
 from gateway.identity import IdentityGraph
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.policies.apply import LoadMarks, load_marks
@@ -65,7 +66,6 @@ from gateway.requestid import RequestIds
 from gateway.runtime import GatewayRuntime
 from gateway.settings import Settings
 from gateway.telemetry import Metrics, make_tracer
-from gateway.transport import AiohttpTransport
 
 log = logging.getLogger("gateway")
 
@@ -370,19 +370,11 @@ async def _start(
     )
     stack.push_async_callback(limiter.close)
 
-    # The per-upstream slots in UpstreamRuntime bound concurrency; the connector's
-    # own limit only backs them up (a wait there would not answer upstream.busy).
-    connector = aiohttp.TCPConnector(
-        limit=settings.limits.upstream_connections * 4, ttl_dns_cache=60, enable_cleanup_closed=True
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        trust_env=False,  # HTTP_PROXY and friends must never redirect score lookups
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-        headers={"User-Agent": f"score-gateway/{__version__}"},
-    )
-    stack.push_async_callback(session.close)
+    # The per-upstream slots in UpstreamRuntime bound concurrency; the transport
+    # keeps idle connections for reuse. It reads no proxy or other setting from
+    # the environment: HTTP_PROXY and friends must never redirect score lookups.
+    transport = H1Transport(settings.limits)
+    stack.push_async_callback(transport.close)
 
     tracer, provider = make_tracer(settings.otlp_endpoint)
     if provider is not None:
@@ -395,7 +387,7 @@ async def _start(
         audit=audit,
         backlog=backlog,
         limiter=limiter,
-        transport=AiohttpTransport(session, settings.limits),
+        transport=transport,
         pseudonyms=pseudonyms,
         request_ids=state.request_ids,
         client_keys=client_keys,
