@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import gzip
-import ipaddress
 import re
 import select
 import socket
@@ -29,10 +27,6 @@ from typing import Any
 import msgspec
 import pytest
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway import __version__, h1
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
@@ -40,6 +34,7 @@ from gateway.h1 import H1Transport
 from gateway.settings import Limits
 from gateway.transport import UpstreamRequest
 from gateway.upstreams.base import UpstreamAnswer
+from tests.support.tls import self_signed
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -115,6 +110,17 @@ def answering(*answers: bytes) -> Serve:
         while await peer.request() is not None:
             await peer.send(answers[min(n, len(answers) - 1)])
             n += 1
+
+    return serve
+
+
+def sending(*parts: bytes) -> Serve:
+    """Answers every request on each connection with ``parts``, one write each."""
+
+    async def serve(peer: Peer) -> None:
+        while await peer.request() is not None:
+            for part in parts:
+                await peer.send(part)
 
     return serve
 
@@ -339,13 +345,8 @@ def test_a_chunked_body_is_decoded_and_the_connection_reused(run: Runner) -> Non
         b"9\r\n and more\r\n0\r\nx-trailer: t\r\n\r\n",
     ]
 
-    async def serve(peer: Peer) -> None:
-        while await peer.request() is not None:
-            for part in parts:
-                await peer.send(part)
-
     async def main() -> None:
-        async with Upstream(serve) as up, client() as transport:
+        async with Upstream(sending(*parts)) as up, client() as transport:
             for _ in range(2):
                 answer = await get(transport, up.url())
                 assert (answer.status, answer.body) == (200, b"hello world and more")
@@ -991,13 +992,8 @@ def test_interim_answers_are_skipped_for_the_final_one(run: Runner) -> None:
         b"HTTP/1.1 200 OK\r\nx-final: 1\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nfinal",
     ]
 
-    async def serve(peer: Peer) -> None:
-        while await peer.request() is not None:
-            for part in parts:
-                await peer.send(part)
-
     async def main() -> None:
-        async with Upstream(serve) as up, client() as transport:
+        async with Upstream(sending(*parts)) as up, client() as transport:
             for _ in range(2):
                 answer = await get(transport, up.url())
                 assert (answer.status, answer.body) == (200, b"final")
@@ -1132,38 +1128,6 @@ def test_cookies_are_never_sent_back_and_bodies_never_decompressed(run: Runner) 
 # -- TLS -----------------------------------------------------------------------------------
 
 
-def _certificate(directory: Path, address: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed certificate for ``address`` and its key (cert.pem, key.pem)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return certfile, keyfile
-
-
 def _server_tls(certfile: Path, keyfile: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile, keyfile)
@@ -1171,7 +1135,7 @@ def _server_tls(certfile: Path, keyfile: Path) -> ssl.SSLContext:
 
 
 def test_a_self_signed_certificate_is_refused(run: Runner, tmp_path: Path) -> None:
-    tls = _server_tls(*_certificate(tmp_path))
+    tls = _server_tls(*self_signed(tmp_path))
 
     async def main() -> None:
         async with Upstream(answering(OK), tls=tls) as up, client(ssl_context=None) as transport:
@@ -1185,7 +1149,7 @@ def test_a_self_signed_certificate_is_refused(run: Runner, tmp_path: Path) -> No
 
 def test_a_trusted_certificate_for_another_address_is_refused(run: Runner, tmp_path: Path) -> None:
     """The host name (here the IP address) is verified, not only the signature."""
-    certfile, keyfile = _certificate(tmp_path, address="127.0.0.2")
+    certfile, keyfile = self_signed(tmp_path, address="127.0.0.2")
 
     async def main() -> None:
         trusting = ssl.create_default_context(cafile=certfile)
@@ -1201,7 +1165,7 @@ def test_a_trusted_certificate_for_another_address_is_refused(run: Runner, tmp_p
 
 
 def test_a_trusted_certificate_carries_calls_over_https(run: Runner, tmp_path: Path) -> None:
-    certfile, keyfile = _certificate(tmp_path)
+    certfile, keyfile = self_signed(tmp_path)
 
     async def main() -> None:
         trusting = ssl.create_default_context(cafile=certfile)
@@ -1220,7 +1184,7 @@ def test_a_trusted_certificate_carries_calls_over_https(run: Runner, tmp_path: P
 def test_ssl_cert_file_is_honoured_by_the_default_context(
     run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    certfile, keyfile = _certificate(tmp_path)
+    certfile, keyfile = self_signed(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(certfile))
 
     async def main() -> None:

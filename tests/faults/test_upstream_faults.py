@@ -8,8 +8,6 @@ breaker, and the audit record each failed lookup leaves behind.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.demo.upstream import DemoUpstreamConfig, create_demo_upstream
 from tests.faults.support import (
@@ -37,6 +31,7 @@ from tests.faults.support import (
 )
 from tests.support.gateway import limits, running_gateway
 from tests.support.servers import free_port
+from tests.support.tls import self_signed
 
 ROOMY_UPSTREAM = DemoUpstreamConfig(calls_per_second=1e6, calls_per_day=10**9)
 LEAKY_HEADERS = ("set-cookie", "keep-alive", "x-klout-backend", "proxy-authenticate", "location")
@@ -346,32 +341,7 @@ def test_exhausted_connection_pool_is_a_fast_503_busy(tmp_path: Path) -> None:
 
 
 def _self_signed(directory: Path) -> dict[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    keyfile, certfile = directory / "key.pem", directory / "cert.pem"
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    certfile, keyfile = self_signed(directory)
     return {"ssl_keyfile": str(keyfile), "ssl_certfile": str(certfile)}
 
 
