@@ -462,10 +462,7 @@ async def _start(
 
 
 async def _witness_pusher(
-    settings: Settings,
-    store: AuditStore,
-    keyring: KeyRing,
-    stack: contextlib.AsyncExitStack,
+    settings: Settings, store: AuditStore, keyring: KeyRing, stack: contextlib.AsyncExitStack
 ) -> WitnessPusher | None:
     """The task that pushes checkpoints to ``--witness`` witnesses, if any are set."""
     if not settings.witnesses:
@@ -491,11 +488,7 @@ async def _start_demo_upstream(stack: contextlib.AsyncExitStack, port: int) -> s
     from gateway.demo.upstream import create_demo_upstream
 
     config = uvicorn.Config(
-        create_demo_upstream(),
-        log_level=None,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
+        create_demo_upstream(), log_level=None, log_config=None, access_log=False, lifespan="off"
     )
     config.load()
     state = ServerState()

@@ -84,16 +84,16 @@ class Origin:
                 "credential in the policy's credential block",
                 code="upstream.unavailable",
             )
+        default = 443 if parts.scheme == "https" else 80
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            port = parts.port or default
         except ValueError:
             raise UpstreamError(
                 "the upstream address has an invalid port", code="upstream.unavailable"
             ) from None
         host = parts.hostname
         shown = f"[{host}]" if ":" in host else host
-        default = port == (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, host, port, shown if default else f"{shown}:{port}")
+        return cls(parts.scheme, host, port, shown if port == default else f"{shown}:{port}")
 
 
 class _Failed(Exception):
@@ -436,7 +436,7 @@ class H1Transport:
             raise UpstreamError(
                 "the upstream request target holds a space, a control character or "
                 "a character that is not percent-encoded",
-                code="upstream.invalid_header",
+                code="upstream.invalid_target",
             )
         return key, origin, target
 

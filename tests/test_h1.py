@@ -919,7 +919,7 @@ def test_a_target_that_could_inject_is_refused_before_a_byte_is_sent(
     async def main() -> None:
         async with Upstream(answering(OK)) as up, client() as transport:
             error, _ = await failure(get(transport, up.url(target)))
-        assert error.code == "upstream.invalid_header"
+        assert error.code == "upstream.invalid_target"
         assert up.peers == []
 
     run(main())
