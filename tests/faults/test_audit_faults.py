@@ -260,7 +260,7 @@ def _children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             out += [int(p) for p in (task / "children").read_text().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or going, meanwhile
             continue
     return out
 
@@ -272,7 +272,7 @@ def _named_children(pid: int, name: str) -> list[int]:
     for child in _children(pid):
         try:
             stat = Path(f"/proc/{child}/stat").read_text()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or going, meanwhile
             continue
         comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
         if comm == name and state != "Z":
