@@ -78,7 +78,7 @@ def _alive(pid: int) -> bool:
     """Running, not a zombie waiting for whoever adopted it to reap it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or being reaped as we read
         return False
     return stat[stat.rindex(")") + 2] != "Z"
 
