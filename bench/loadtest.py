@@ -395,6 +395,31 @@ def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
     return totals
 
 
+def thread_switches(pids: Sequence[int]) -> dict[str, int]:
+    """Context switches per thread name, named as in :func:`thread_cpu_seconds`:
+    ``{"worker main voluntary": ..., "worker main forced": ...}``. A process that
+    wakes another on the same core pays for it in switches, not in its own CPU time."""
+    totals: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            role = process_role(pid)
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    status = (task / "status").read_text()
+                    fields = dict(line.split(":\t", 1) for line in status.splitlines())
+                    name = fields["Name"].strip()
+                    name = "main" if task.name == str(pid) else re.sub(r"[0-9]+$", "", name)
+                    name = "thread" if name == comm else name
+                    for part, field in (
+                        ("voluntary", "voluntary_ctxt_switches"),
+                        ("forced", "nonvoluntary_ctxt_switches"),
+                    ):
+                        key = f"{role}{name} {part}"
+                        totals[key] = totals.get(key, 0) + int(fields[field])
+    return totals
+
+
 def cpu_times() -> dict[str, tuple[int, int]]:
     """Per-CPU (busy, total) jiffies from /proc/stat."""
     result: dict[str, tuple[int, int]] = {}
@@ -611,7 +636,9 @@ def _gateway(
         src = ctx.gateway_src
         if variant:
             if ctx.variant_src is None:
-                raise HarnessError("rows g1v, g2v need --variant-src DIR (a patched gateway/)")
+                raise HarnessError(
+                    "rows g1v, g1tv, g2v need --variant-src DIR (a patched gateway/)"
+                )
             src = ctx.variant_src
         argv = [
             str(BIN / "python"),
@@ -698,6 +725,12 @@ ROWS: dict[str, Row] = {
             GATEWAY_PATH,
             _gateway(1, False, "thread"),
         ),
+        Row(
+            "g1tv",
+            "gateway, 1 worker, audit writer thread, served from --variant-src (an ablation)",
+            GATEWAY_PATH,
+            _gateway(1, False, "thread", variant=True),
+        ),
         Row("g2", "gateway, 2 workers, one audit log on SQLite", GATEWAY_PATH, _gateway(2, False)),
     )
 }
@@ -780,6 +813,7 @@ def measure_row(
         pids = server.pids() if server is not None else []
         cpu_before, busy_before = cpu_seconds(pids), cpu_times()
         threads_before = thread_cpu_seconds(pids)
+        switches_before = thread_switches(pids)
         if server is not None:
             with RssSampler(server, 1.0) as sampler:
                 wrk = run_wrk(
@@ -802,6 +836,12 @@ def measure_row(
                 name: round((spent - threads_before.get(name, 0.0)) / requests * 1e6, 1)
                 for name, spent in sorted(threads_after.items())
                 if spent - threads_before.get(name, 0.0) > 0
+            }
+            switches_after = thread_switches(server.pids())
+            result["thread_switches_per_req"] = {
+                name: round((count - switches_before.get(name, 0)) / requests, 3)
+                for name, count in sorted(switches_after.items())
+                if count > switches_before.get(name, 0)
             }
             server.check_alive()
         result.update(wrk)
@@ -1032,6 +1072,8 @@ def _progress(result: dict[str, Any]) -> str:
         )
     if result.get("thread_cpu_us_per_req"):
         text += f", by thread {result['thread_cpu_us_per_req']}"
+    if result.get("thread_switches_per_req"):
+        text += f", context switches per request {result['thread_switches_per_req']}"
     return text
 
 
