@@ -89,6 +89,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
+    Integer,
     LargeBinary,
     Table,
     create_engine,
@@ -118,14 +119,17 @@ RECORD_COLUMNS = (
 )  # fmt: skip
 BLOCK_COLUMNS = ("first_seq", "end_seq", "refs")
 REF_SIZE = 12  # bytes per subject reference in a block: 8 of tag, 4 of offset
+# A log position as a table's key: on SQLite the column must be declared exactly
+# INTEGER to be the rowid itself. Declared BIGINT, SQLite keeps a rowid b-tree and
+# a separate unique index on the key, and every append updates both (measured in
+# bench/README.md, issue 13 fifth pass). PostgreSQL keeps BIGINT.
+SEQ = BigInteger().with_variant(Integer, "sqlite")
 
 
 class RecordRow(SQLModel, table=True):
     __tablename__ = "audit_record"
 
-    seq: int = Field(
-        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
-    )
+    seq: int = Field(primary_key=True, sa_type=SEQ, sa_column_kwargs={"autoincrement": False})
     time: str
     kind: str
     request_id: str
@@ -155,9 +159,7 @@ class SubjectBlockRow(SQLModel, table=True):
 
     __tablename__ = "audit_subject_block"
 
-    first_seq: int = Field(
-        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
-    )
+    first_seq: int = Field(primary_key=True, sa_type=SEQ, sa_column_kwargs={"autoincrement": False})
     end_seq: int = Field(sa_type=BigInteger)
     refs: bytes = Field(sa_type=LargeBinary)
 
@@ -173,9 +175,7 @@ class HeadRow(SQLModel, table=True):
 class CheckpointRow(SQLModel, table=True):
     __tablename__ = "audit_checkpoint"
 
-    size: int = Field(
-        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
-    )
+    size: int = Field(primary_key=True, sa_type=SEQ, sa_column_kwargs={"autoincrement": False})
     origin: str
     root: str
     time: str

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -184,3 +186,77 @@ def test_postgres_copy_keeps_every_byte_of_text_and_bytea(pg_store: AuditStore) 
     assert tuple(row[:6]) == columns
     assert bytes(row[6]) == body
     assert [r.seq for r in pg_store.subject_records(["hmac-sha256:a"])] == [0]
+
+
+def test_sqlite_log_positions_are_the_rowid(store: AuditStore) -> None:
+    """On SQLite a table keyed by a log position keeps one b-tree: its key is the
+    rowid, not a second unique index that every append would also update."""
+    _exercise(store)
+    with store.engine.connect() as conn:
+        indexes = conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN "
+            "('audit_record', 'audit_subject_block', 'audit_checkpoint')"
+        ).all()
+        assert indexes == []
+        pairs = conn.exec_driver_sql("SELECT rowid, seq FROM audit_record ORDER BY seq").all()
+    assert [tuple(p) for p in pairs] == [(i, i) for i in range(9)]
+    raw = sqlite3.connect(store.engine.url.database or "")
+    try:
+        with pytest.raises(sqlite3.IntegrityError):  # a position taken twice is refused
+            raw.execute(_TAKEN_TWICE)
+    finally:
+        raw.close()
+
+
+_TAKEN_TWICE = (
+    "INSERT INTO audit_record (seq, time, kind, request_id, leaf_hash, body) "
+    "VALUES (0, 't', 'lookup', 'r', x'00', x'7b7d')"
+)
+
+
+# The tables as releases before the rowid key created them (BIGINT keys).
+_OLD_TABLES = (
+    "CREATE TABLE audit_record (seq BIGINT NOT NULL, time VARCHAR NOT NULL, "
+    "kind VARCHAR NOT NULL, request_id VARCHAR NOT NULL, client VARCHAR, purpose VARCHAR, "
+    "upstream VARCHAR, leaf_hash BLOB NOT NULL, body BLOB NOT NULL, PRIMARY KEY (seq))",
+    "CREATE TABLE audit_subject_block (first_seq BIGINT NOT NULL, end_seq BIGINT NOT NULL, "
+    "refs BLOB NOT NULL, PRIMARY KEY (first_seq))",
+    "CREATE TABLE audit_checkpoint (size BIGINT NOT NULL, origin VARCHAR NOT NULL, "
+    "root VARCHAR NOT NULL, time VARCHAR NOT NULL, key_id VARCHAR NOT NULL, "
+    "signature VARCHAR NOT NULL, frontier BLOB NOT NULL, PRIMARY KEY (size))",
+)
+
+
+def test_sqlite_log_made_by_an_earlier_release_still_appends_and_verifies(
+    tmp_path: Path, keyring: KeyRing
+) -> None:
+    """A log whose tables have the older BIGINT keys opens, takes records through
+    the log, refuses a position taken twice, and its export verifies: the rowid
+    key changes only tables created from now on."""
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    for statement in _OLD_TABLES:
+        conn.execute(statement)
+    conn.close()
+
+    async def run() -> bytes:
+        store = AuditStore.open(data_dir=tmp_path)
+        try:
+            log = AuditLog(store, keyring)
+            await log.start()
+            assert len(await fill(log, 40)) == 40
+            await log.close()
+            assert store.head().size == 40
+            return export_bytes(store, keyring)
+        finally:
+            store.close()
+
+    data = asyncio.run(run())
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "sqlite_autoindex_audit_record_1" in names  # still the older table
+        with pytest.raises(sqlite3.IntegrityError):  # a position taken twice is refused
+            conn.execute(_TAKEN_TWICE)
+    finally:
+        conn.close()
+    assert verify_export([data], keyring.public_keys).ok
