@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -46,6 +44,7 @@ from gateway.audit.graph import IdentityStore, Issued
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.store import StoreError
 from gateway.errors import AuditUnavailable
+from gateway.mac import KeyedMac
 from gateway.upstreams.base import Adapter, RouteMatch, Subject, UpstreamAnswer
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class IdentityGraph:
     ) -> None:
         self.store = store
         self._pseudonyms = pseudonyms
-        self._id_key = pseudonyms.derive(b"neutral-identifiers")
+        self._id_mac = KeyedMac(pseudonyms.derive(b"neutral-identifiers"))
         self._static_objections = static_objections
         self.refresh_interval = refresh_interval
         self._lengths_interval = lengths_interval
@@ -387,7 +386,7 @@ class IdentityGraph:
 
     def _mac(self, label: bytes, owner: str, namespace: str, nonce: int) -> bytes:
         message = b"\x00".join((label, owner.encode(), namespace.encode(), str(nonce).encode()))
-        return hmac.new(self._id_key, message, hashlib.sha256).digest()
+        return self._id_mac.digest(message)
 
     def _value(self, owner: str, namespace: str, nonce: int, length: int) -> str:
         """Uniform digits of the given length, no leading zero: a numeric id's shape.

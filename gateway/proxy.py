@@ -774,9 +774,7 @@ class Proxy:
             )
         try:
             qs = scope["query_string"].decode("ascii")
-            query = parse_qsl(
-                qs, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_QUERY_FIELDS
-            )
+            query = _parse_query(qs)
         except (UnicodeDecodeError, ValueError):
             raise BadRequest(
                 "the query string is malformed or too long", code="request.invalid_query"
@@ -986,6 +984,22 @@ def _denied(decision: Decision) -> PolicyDenied:
             "policy_version": decision.policy_version,
         },
     )
+
+
+def _parse_query(qs: str) -> list[tuple[str, str]]:
+    """``parse_qsl(qs, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)``.
+
+    A query without ``%`` or ``+`` has nothing to decode, and splitting it here
+    gives the same pairs in about half the time (the caller's key is in every
+    query, so every lookup parses one).
+    """
+    if "%" in qs or "+" in qs:
+        return parse_qsl(
+            qs, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_QUERY_FIELDS
+        )
+    if qs.count("&") >= MAX_QUERY_FIELDS:
+        raise ValueError("too many query fields")
+    return [(name, value) for name, _, value in (f.partition("=") for f in qs.split("&") if f)]
 
 
 def _peer(scope: _Scope) -> str | None:

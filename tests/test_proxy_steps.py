@@ -152,3 +152,33 @@ def test_transport_failures_open_the_breaker(tmp_path: Path) -> None:
         assert len(rig.transport.requests) == 5  # type: ignore[attr-defined]
 
     _run(tmp_path, check, down)
+
+
+def test_query_parsing_matches_the_standard_library() -> None:
+    """The fast split gives parse_qsl's pairs, or its refusal, for every query:
+    blank values, missing '=', repeated '&', escapes, '+', and the field limit."""
+    import random
+    from urllib.parse import parse_qsl
+
+    from gateway.proxy import MAX_QUERY_FIELDS, _parse_query
+
+    def reference(qs: str) -> list[tuple[str, str]] | str:
+        try:
+            return parse_qsl(qs, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            return "refused"
+
+    def ours(qs: str) -> list[tuple[str, str]] | str:
+        try:
+            return _parse_query(qs)
+        except ValueError:
+            return "refused"
+
+    rnd = random.Random(13)
+    cases = ["", "key=demo", "a&b=", "=x", "a=b=c", "&&a=1&&", "a=%41+b", "k=v;w=z"]
+    cases += ["&".join(["a=b"] * n) for n in (63, 64, 65)] + ["&" * 63, "&" * 64]
+    cases += [
+        "".join(rnd.choice("ab=&;%+2 x") for _ in range(rnd.randint(0, 16))) for _ in range(20000)
+    ]
+    for qs in cases:
+        assert ours(qs) == reference(qs), qs

@@ -19,10 +19,10 @@ is neither signed nor exported. See docs/decisions/0001-audit-record-format.md Â
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Iterable, Iterator, Sequence
 
 from gateway.audit.record import AnyRecord, AuditRecord, AuditRecordV1, PersonRef, PersonRole
+from gateway.mac import KeyedMac
 
 __all__ = ["PersonCommitter", "PersonMatch", "commitment"]
 
@@ -59,16 +59,16 @@ class PersonMatch(tuple[int, str, bytes]):
 class PersonCommitter:
     """Makes and opens the people of format-2 records; one per pseudonym secret."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_mac",)
 
     def __init__(self, salt_key: bytes) -> None:
         if len(salt_key) < 32:
             raise ValueError("the commitment salt key must be at least 32 bytes")
-        self._key = salt_key
+        self._mac = KeyedMac(salt_key)
 
     def salt(self, request_id: str, position: int) -> bytes:
         message = request_id.encode() + b"\x00" + str(position).encode()
-        return hmac.new(self._key, message, hashlib.sha256).digest()[:SALT_BYTES]
+        return self._mac.digest(message)[:SALT_BYTES]
 
     def refs(
         self,

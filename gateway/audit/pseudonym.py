@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.audit.people import PersonCommitter
+from gateway.mac import KeyedMac
 
 KEY_FILE = "subject-hmac.key"
 SECRET_ENV = "GATEWAY_PSEUDONYM_SECRET"  # noqa: S105  # a variable's name, not a secret
@@ -46,11 +47,12 @@ class Pseudonymizer:
         if len(key) < 32:
             raise ValueError("the subject HMAC key must be at least 32 bytes")
         self._key = key
+        self._mac = KeyedMac(key)
 
     def pseudonym(self, namespace: str, identifier: str) -> str:
         """``hmac-sha256:<hex>`` of ``namespace`` and ``identifier``, unambiguously joined."""
         message = namespace.encode() + b"\x00" + identifier.encode()
-        return "hmac-sha256:" + hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return "hmac-sha256:" + self._mac.hexdigest(message)
 
     def derive(self, label: bytes) -> bytes:
         """A separate key for another purpose (neutral identifiers), from the same secret."""

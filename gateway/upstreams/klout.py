@@ -20,7 +20,6 @@ Mashery fronted the API: over-limit answers are **HTTP 403**, not 429, with
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.mac import KeyedMac
 from gateway.policies.model import Outcome
 from gateway.upstreams.base import (
     Classification,
@@ -134,12 +134,12 @@ class KloutAdapter:
 
     def __init__(self, name: str, id_key: bytes) -> None:
         self.name = name
-        self._id_key = id_key
+        self._id_mac = KeyedMac(id_key)
 
     # -- neutral ids -------------------------------------------------------------
 
     def _mac(self, label: bytes, message: str, digits: int) -> str:
-        mac = hmac.new(self._id_key, label + b"\x00" + message.encode(), hashlib.sha256).digest()
+        mac = self._id_mac.digest(label + b"\x00" + message.encode())
         return str(int.from_bytes(mac[:8], "big") % 10**digits).zfill(digits)
 
     def neutral_klout_id(self, subject: Subject) -> str:
@@ -353,7 +353,7 @@ class KloutAdapter:
     def _draws(self, subject: Subject) -> list[float]:
         """Six numbers in [0, 1) fixed for this subject under the gateway's key."""
         message = f"{subject.namespace}:{subject.identifier}".encode()
-        mac = hmac.new(self._id_key, b"neutral-fields\x00" + message, hashlib.sha256).digest()
+        mac = self._id_mac.digest(b"neutral-fields\x00" + message)
         return [int.from_bytes(mac[i : i + 4], "big") / 2**32 for i in range(0, 24, 4)]
 
     def _v2_neutral(

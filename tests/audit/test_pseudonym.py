@@ -60,3 +60,36 @@ def test_a_bad_secret_is_refused_with_a_clear_message(
     secret = environ.get("GATEWAY_PSEUDONYM_SECRET", "").strip()
     if secret:
         assert secret not in str(raised.value)  # the secret itself is never echoed
+
+
+@pytest.mark.parametrize("key_length", [32, 64, 65, 200])
+def test_keyed_mac_is_hmac_sha256_and_stays_so_after_many_uses(key_length: int) -> None:
+    """The precomputed key schedule gives RFC 2104's digest (keys longer than a
+    block are hashed first), and no call changes the next one."""
+    import hashlib
+    import hmac
+
+    from gateway.mac import KeyedMac
+
+    key = bytes(range(256))[:key_length]
+    mac = KeyedMac(key)
+    for message in (b"", b"twitter_id\x001001", b"x" * 1000, b"twitter_id\x001001"):
+        assert mac.digest(message) == hmac.new(key, message, hashlib.sha256).digest()
+        assert mac.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def test_pseudonyms_and_salts_are_the_documented_hmacs() -> None:
+    """The format stays what auditors recompute: ``hmac-sha256:`` + HMAC(key,
+    namespace 0x00 identifier), and a salt of HMAC(K_salt, request_id 0x00 position)."""
+    import hashlib
+    import hmac
+
+    from gateway.audit.pseudonym import Pseudonymizer
+
+    key = b"k" * 32
+    p = Pseudonymizer(key)
+    expected = hmac.new(key, b"twitter_id\x001001", hashlib.sha256).hexdigest()
+    assert p.pseudonym("twitter_id", "1001") == "hmac-sha256:" + expected
+    salt_key = p.derive(b"person-commitment-salt")
+    salt = hmac.new(salt_key, b"req-1\x002", hashlib.sha256).digest()[:16]
+    assert p.committer().salt("req-1", 2) == salt
