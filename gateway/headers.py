@@ -124,4 +124,12 @@ class InboundHeaders:
         return found[0]
 
     def forwardable(self) -> list[tuple[str, str]]:
-        return [(n, v) for n, v in strip_hop_by_hop(self._pairs) if n in FORWARDED_REQUEST_HEADERS]
+        """The few fields a vendor gets, less any the caller's ``Connection`` names
+        (none of them is hop-by-hop by itself)."""
+        pairs = [(n, v) for n, v in self._pairs if n in FORWARDED_REQUEST_HEADERS]
+        if pairs and "connection" in self._by_name:
+            return strip_hop_by_hop([*self._pairs_named("connection"), *pairs])
+        return pairs
+
+    def _pairs_named(self, name: str) -> list[tuple[str, str]]:
+        return [(name, v) for v in self._by_name.get(name, ())]

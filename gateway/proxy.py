@@ -81,6 +81,7 @@ log = logging.getLogger("gateway.proxy")
 # (matrix parameters), no "\\"; ".." and empty segments are refused separately
 # (Envoy CVE-2019-9901, CVE-2021-29492).
 _SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,=:@-]+")
+_PATH = re.compile(rf"(?:/{_SEGMENT.pattern}){{2,}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_QUERY_FIELDS = 64
 NEUTRAL_OUTCOMES: frozenset[str] = frozenset({"missing", "pending", "objected"})
@@ -598,11 +599,7 @@ class Proxy:
             query = [*query, (upstream.key_param, upstream.credential())]
         elif upstream.key_header is not None:
             out_headers.append((upstream.key_header, upstream.credential()))
-        url = (
-            upstream.base_url
-            + quote(path, safe="/:@!$&'()*+,;=-._~")
-            + ("?" + urlencode(query) if query else "")
-        )
+        url = upstream.base_url + _quote_path(path) + ("?" + _encode_query(query) if query else "")
         body = None
         if request.method in ("POST", "PUT", "PATCH"):
             body = self._body(scope, receive, request.headers)
@@ -761,12 +758,7 @@ class Proxy:
             text = raw_path.decode("ascii")
         except UnicodeDecodeError:
             raise BadRequest("the path must be ASCII", code="request.invalid_path") from None
-        segments = text.split("/")
-        if (
-            segments[0] != ""
-            or len(segments) < 3
-            or any(s in ("", ".", "..") or not _SEGMENT.fullmatch(s) for s in segments[1:])
-        ):
+        if not _valid_path(text):
             raise BadRequest(
                 "the path has an empty, dot or encoded segment, or a character this "
                 "gateway does not forward",
@@ -781,7 +773,8 @@ class Proxy:
             ) from None
         if any(_CONTROL.search(k) or _CONTROL.search(v) for k, v in query):
             raise BadRequest("the query holds control characters", code="request.invalid_query")
-        return segments[1], "/" + "/".join(segments[2:]), query
+        _, upstream, rest = text.split("/", 2)
+        return upstream, "/" + rest, query
 
     def _authenticate(
         self,
@@ -984,6 +977,35 @@ def _denied(decision: Decision) -> PolicyDenied:
             "policy_version": decision.policy_version,
         },
     )
+
+
+# What quote() and urlencode() leave as it is: text made only of these needs neither.
+_PATH_AS_IS = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
+_QUERY_AS_IS = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _valid_path(text: str) -> bool:
+    """``/upstream/rest``: two segments or more, none empty, ``.`` or ``..``, each
+    of the characters :data:`_SEGMENT` allows (one match, not one per segment)."""
+    if _PATH.fullmatch(text) is None:
+        return False
+    ended = text + "/"
+    return "/./" not in ended and "/../" not in ended
+
+
+def _quote_path(path: str) -> str:
+    """``quote(path, safe="/:@!$&'()*+,;=-._~")``, without the call for a path that has
+    nothing to escape (every path the gateway accepted)."""
+    if _PATH_AS_IS.fullmatch(path):
+        return path
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
+def _encode_query(query: list[tuple[str, str]]) -> str:
+    """``urlencode(query)``, joined directly when no name or value needs escaping."""
+    if all(_QUERY_AS_IS.fullmatch(n) and _QUERY_AS_IS.fullmatch(v) for n, v in query):
+        return "&".join(f"{n}={v}" for n, v in query)
+    return urlencode(query)
 
 
 def _parse_query(qs: str) -> list[tuple[str, str]]:

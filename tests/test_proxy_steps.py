@@ -182,3 +182,71 @@ def test_query_parsing_matches_the_standard_library() -> None:
     ]
     for qs in cases:
         assert ours(qs) == reference(qs), qs
+
+
+def test_path_checks_and_url_building_match_the_per_segment_and_stdlib_versions() -> None:
+    """One regex over the path accepts exactly what the per-segment check did; the
+    upstream URL's path and query are what quote() and urlencode() give."""
+    import random
+    import re
+    from urllib.parse import quote, urlencode
+
+    from gateway.proxy import _encode_query, _quote_path, _valid_path
+
+    segment = re.compile(r"[A-Za-z0-9._~!$&'()*+,=:@-]+")
+
+    def per_segment(text: str) -> bool:
+        parts = text.split("/")
+        return not (
+            parts[0] != ""
+            or len(parts) < 3
+            or any(s in ("", ".", "..") or not segment.fullmatch(s) for s in parts[1:])
+        )
+
+    rnd = random.Random(17)
+    paths = ["/klout/v2/user.json/1/score", "/a/.", "/a/..", "/a/...", "/a/b/", "//a/b", "/a"]
+    paths += ["/a/b\n", "/a/./b", "/a/b/..", "/a/.b", "/a/b..", "/%41/b", "/a/b c"]
+    paths += [
+        "".join(rnd.choice("/ab.%~ -") for _ in range(rnd.randint(0, 10))) for _ in range(30000)
+    ]
+    paths += [
+        "/" + "/".join(rnd.choice(["a", ".", "..", "...", "", "b.c"]) for _ in range(3))
+        for _ in range(3000)
+    ]
+    assert sum(map(per_segment, paths)) > 400  # both outcomes are well represented
+    for text in paths:
+        assert _valid_path(text) == per_segment(text), text
+
+    alphabet = "aZ09/:@!$&'()*+,;=._~- %é\x00?#[]\"<>"
+    for _ in range(20000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+        assert _quote_path(text) == quote(text, safe="/:@!$&'()*+,;=-._~"), text
+        pairs = [
+            ("".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 5))), text[:5])
+            for _ in range(rnd.randint(1, 3))
+        ]
+        assert _encode_query(pairs) == urlencode(pairs), pairs
+
+
+def test_forwardable_headers_are_the_few_allowed_less_those_connection_names() -> None:
+    from gateway.headers import InboundHeaders
+
+    raw = [
+        (b"host", b"gw"),
+        (b"accept", b"application/json"),
+        (b"accept-language", b"de"),
+        (b"content-type", b"application/json"),
+        (b"user-agent", b"crm/1.0"),
+        (b"authorization", b"Bearer secret"),
+    ]
+    assert InboundHeaders(raw).forwardable() == [
+        ("accept", "application/json"),
+        ("accept-language", "de"),
+        ("content-type", "application/json"),
+    ]
+    named = InboundHeaders([*raw, (b"connection", b"keep-alive, Accept-Language")])
+    assert named.forwardable() == [
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+    ]
+    assert InboundHeaders([(b"host", b"gw"), (b"connection", b"accept")]).forwardable() == []
