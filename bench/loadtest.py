@@ -371,52 +371,57 @@ def process_role(pid: int) -> str:
     return "worker " if b"multiprocessing" in cmdline else ""
 
 
-def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
-    """utime and stime per thread name (``main`` for each process's first thread,
-    other names without their trailing digits), summed over the processes of one
-    role (uvicorn ``worker``s, the audit ``sequencer``, the rest), in seconds:
-    ``{"main user": ..., "worker main sys": ..., ...}``."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    totals: dict[str, float] = {}
+def _threads(pids: Sequence[int]) -> Iterator[tuple[str, Path]]:
+    """``(label, /proc task dir)`` of every thread: ``main`` for each process's first
+    thread, other names without their trailing digits, ``thread`` for an unnamed one,
+    prefixed by the process's role (uvicorn ``worker``s, the audit ``sequencer``)."""
     for pid in pids:
-        with contextlib.suppress(OSError):
+        try:
             role = process_role(pid)
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    stat = (task / "stat").read_text()
-                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                    name = "main" if task.name == str(pid) else re.sub(r"[0-9]+$", "", name)
-                    name = "thread" if name == comm else name  # unnamed: the process's name
-                    fields = stat[stat.rindex(")") + 2 :].split()
-                    for part, value in (("user", fields[11]), ("sys", fields[12])):
-                        key = f"{role}{name} {part}"
-                        totals[key] = totals.get(key, 0.0) + int(value) / ticks
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+            except OSError:
+                continue
+            name = "main" if task.name == str(pid) else re.sub(r"[0-9]+$", "", name)
+            name = "thread" if name == comm else name
+            yield f"{role}{name}", task
+
+
+def thread_cpu_seconds(pids: Sequence[int]) -> dict[str, float]:
+    """utime and stime per thread label (:func:`_threads`), summed over the processes
+    of one role, in seconds: ``{"main user": ..., "worker main sys": ..., ...}``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for label, task in _threads(pids):
+        with contextlib.suppress(OSError):
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            for part, value in (("user", fields[11]), ("sys", fields[12])):
+                key = f"{label} {part}"
+                totals[key] = totals.get(key, 0.0) + int(value) / ticks
     return totals
 
 
 def thread_switches(pids: Sequence[int]) -> dict[str, int]:
-    """Context switches per thread name, named as in :func:`thread_cpu_seconds`:
+    """Context switches per thread label (:func:`_threads`):
     ``{"worker main voluntary": ..., "worker main forced": ...}``. A process that
     wakes another on the same core pays for it in switches, not in its own CPU time."""
     totals: dict[str, int] = {}
-    for pid in pids:
+    for label, task in _threads(pids):
         with contextlib.suppress(OSError):
-            role = process_role(pid)
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    status = (task / "status").read_text()
-                    fields = dict(line.split(":\t", 1) for line in status.splitlines())
-                    name = fields["Name"].strip()
-                    name = "main" if task.name == str(pid) else re.sub(r"[0-9]+$", "", name)
-                    name = "thread" if name == comm else name
-                    for part, field in (
-                        ("voluntary", "voluntary_ctxt_switches"),
-                        ("forced", "nonvoluntary_ctxt_switches"),
-                    ):
-                        key = f"{role}{name} {part}"
-                        totals[key] = totals.get(key, 0) + int(fields[field])
+            status = (task / "status").read_text()
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            for part, field in (
+                ("voluntary", "voluntary_ctxt_switches"),
+                ("forced", "nonvoluntary_ctxt_switches"),
+            ):
+                key = f"{label} {part}"
+                totals[key] = totals.get(key, 0) + int(fields[field])
     return totals
 
 
