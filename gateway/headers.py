@@ -127,9 +127,7 @@ class InboundHeaders:
         """The few fields a vendor gets, less any the caller's ``Connection`` names
         (none of them is hop-by-hop by itself)."""
         pairs = [(n, v) for n, v in self._pairs if n in FORWARDED_REQUEST_HEADERS]
-        if pairs and "connection" in self._by_name:
-            return strip_hop_by_hop([*self._pairs_named("connection"), *pairs])
+        connection = self._by_name.get("connection")
+        if pairs and connection:
+            return strip_hop_by_hop([*(("connection", v) for v in connection), *pairs])
         return pairs
-
-    def _pairs_named(self, name: str) -> list[tuple[str, str]]:
-        return [(name, v) for v in self._by_name.get(name, ())]

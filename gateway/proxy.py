@@ -980,7 +980,8 @@ def _denied(decision: Decision) -> PolicyDenied:
 
 
 # What quote() and urlencode() leave as it is: text made only of these needs neither.
-_PATH_AS_IS = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_PATH_AS_IS = re.compile(f"[A-Za-z0-9{re.escape(_PATH_SAFE)}]*")
 _QUERY_AS_IS = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
@@ -994,11 +995,11 @@ def _valid_path(text: str) -> bool:
 
 
 def _quote_path(path: str) -> str:
-    """``quote(path, safe="/:@!$&'()*+,;=-._~")``, without the call for a path that has
-    nothing to escape (every path the gateway accepted)."""
+    """``quote(path, safe=_PATH_SAFE)``, without the call for a path that has nothing
+    to escape (every path the gateway accepted)."""
     if _PATH_AS_IS.fullmatch(path):
         return path
-    return quote(path, safe="/:@!$&'()*+,;=-._~")
+    return quote(path, safe=_PATH_SAFE)
 
 
 def _encode_query(query: list[tuple[str, str]]) -> str:
