@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -80,9 +81,11 @@ async def run_via_sequencer(
             for i in range(per_task):
                 await client.append(template[(k * 7 + i) % 1000])
 
-        started = time.perf_counter()
+        started, before = time.perf_counter(), _cpu_seconds(process.pid)
         await asyncio.gather(*(producer(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
+        after = _cpu_seconds(process.pid)
+        cpu = [a - b for a, b in zip(after, before, strict=True)]
         await asyncio.sleep(0.6)  # one stats refresh
         stats = clients[0].stats
     finally:
@@ -94,8 +97,32 @@ async def run_via_sequencer(
     print(
         f"via sequencer ({'postgresql' if url else 'sqlite'}, {connections} connections): "
         f"{total} records in {elapsed:.2f} s = {total / elapsed:,.0f} records/s; "
-        f"{stats.commits} commits (avg {total / max(stats.commits, 1):.0f} records/commit)"
+        f"{stats.commits} commits (avg {total / max(stats.commits, 1):.0f} records/commit); "
+        f"CPU µs per record: clients {cpu[0] / total * 1e6:.1f}, sequencer "
+        f"{cpu[1] / total * 1e6:.1f}, PostgreSQL {cpu[2] / total * 1e6:.1f}"
     )
+
+
+def _cpu_seconds(sequencer: int) -> tuple[float, float, float]:
+    """CPU seconds so far of this process (the clients), the sequencer process, and
+    every PostgreSQL server process on the machine (its backends and writers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: str) -> tuple[str, float]:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return "", 0.0
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return name, (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    postgres = sum(
+        seconds
+        for name, seconds in (of(p) for p in os.listdir("/proc") if p.isdigit())
+        if name == "postgres"
+    )
+    return time.process_time(), of(str(sequencer))[1], postgres
 
 
 async def run(
