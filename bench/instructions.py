@@ -3,6 +3,7 @@
     .venv/bin/python bench/instructions.py                          # this checkout
     .venv/bin/python bench/instructions.py --gateway-src /tmp/base   # another build
     .venv/bin/python bench/instructions.py --lookups 4000 --repeat 2
+    .venv/bin/python bench/instructions.py --reference              # row d1, for scale
 
 On this shared VM, req/s drifts by 20% from one minute to the next, so a change
 worth a few per cent cannot be seen in ``loadtest.py rows``. callgrind counts the
@@ -97,16 +98,21 @@ def build_helper(tmp: Path) -> Path:
     return library
 
 
-async def _client(port: int, count: int, first: int) -> None:
+async def _client(port: int, count: int, first: int, path: tuple[str, str]) -> None:
     reader, writer = await asyncio.open_connection(loadtest.HOST, port)
-    prefix, suffix = loadtest.GATEWAY_PATH
+    prefix, suffix = path
+    # The gateway answers every id 200 (a missing person gets the neutral score);
+    # the passthrough forwards the upstream's 404 for ids ending in 0.
+    expected = (
+        (b"HTTP/1.1 200",) if path == loadtest.GATEWAY_PATH else (b"HTTP/1.1 200", b"HTTP/1.1 404")
+    )
     try:
         for i in range(count):
             target = f"{prefix}{(first + i) % 1000 + 1}{suffix}"
             writer.write(f"GET {target} HTTP/1.1\r\nHost: {loadtest.HOST}\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise SystemExit(f"instructions: the gateway answered {head[:60]!r}")
+            if not head.startswith(expected):
+                raise SystemExit(f"instructions: the server answered {head[:60]!r}")
             length = re.search(rb"(?i)\r\ncontent-length: *([0-9]+)", head)
             if length is None:
                 raise SystemExit("instructions: an answer without Content-Length")
@@ -115,11 +121,11 @@ async def _client(port: int, count: int, first: int) -> None:
         writer.close()
 
 
-def load(port: int, total: int) -> None:
+def load(port: int, total: int, path: tuple[str, str] = loadtest.GATEWAY_PATH) -> None:
     per = total // CONNECTIONS
 
     async def run() -> None:
-        await asyncio.gather(*(_client(port, per, k * per) for k in range(CONNECTIONS)))
+        await asyncio.gather(*(_client(port, per, k * per, path) for k in range(CONNECTIONS)))
 
     asyncio.run(run())
 
@@ -146,12 +152,35 @@ def window_totals(out_dir: Path, pid: int) -> dict[int, int]:
     return totals
 
 
-def measure(src: Path, lookups: int, tmp: Path, library: Path) -> dict[str, float]:
+def _gateway_argv(port: int, upstream_port: int, tmp: Path) -> list[str]:
+    return [
+        *("-m", "gateway", "serve", "--demo", "--host", loadtest.HOST, "--port", str(port)),
+        *("--upstream", f"klout=http://{loadtest.HOST}:{upstream_port}"),
+        *("--policies", str(loadtest.raised_limits_policy(tmp))),
+        *("--data-dir", str(tmp / "gateway"), "--workers", "1", "--audit-sequencer", "process"),
+    ]
+
+
+def _reference_argv(port: int) -> list[str]:
+    """Row d1 of the loadtest: the bare Litestar handler + aiohttp passthrough, one
+    uvicorn process (``--workers 1`` serves in the process it starts in)."""
+    return [
+        *("-m", "uvicorn", "passthrough:create_app", "--factory", "--app-dir", str(BENCH)),
+        *("--host", loadtest.HOST, "--port", str(port), "--workers", "1"),
+        *("--no-access-log", "--log-level", "warning"),
+    ]
+
+
+def measure(
+    src: Path, lookups: int, tmp: Path, library: Path, *, reference: bool = False
+) -> dict[str, float]:
+    """Instructions per lookup of each process: the gateway's worker and sequencer,
+    or, with ``reference``, the passthrough's one process."""
     out_dir = tmp / "callgrind"
     out_dir.mkdir()
-    policy = loadtest.raised_limits_policy(tmp)
     logs = tmp / "logs"
     logs.mkdir()
+    path = loadtest.DIRECT_PATH if reference else loadtest.GATEWAY_PATH
     with loadtest.upstream_nginx(tmp, logs) as upstream_port:
         port = loadtest.free_port()
         env = dict(
@@ -159,45 +188,42 @@ def measure(src: Path, lookups: int, tmp: Path, library: Path) -> dict[str, floa
             PYTHONPATH=f"{src}:{tmp / 'site'}",
             GATEWAY_CALLGRIND_HELPER=str(library),
         )
+        if reference:
+            env.update(
+                BENCH_UPSTREAM=f"http://{loadtest.HOST}:{upstream_port}",
+                BENCH_PASSTHROUGH_MODE="handler",
+            )
+            argv, ready = _reference_argv(port), f"{path[0]}1{path[1]}"
+        else:
+            argv, ready = _gateway_argv(port, upstream_port, tmp), "/readyz"
         argv = [
             "valgrind",
             "--tool=callgrind",
             f"--callgrind-out-file={out_dir}/out.%p",
             str(loadtest.BIN / "python"),
-            "-m",
-            "gateway",
-            "serve",
-            "--demo",
-            "--host",
-            loadtest.HOST,
-            "--port",
-            str(port),
-            "--upstream",
-            f"klout=http://{loadtest.HOST}:{upstream_port}",
-            "--policies",
-            str(policy),
-            "--data-dir",
-            str(tmp / "gateway"),
-            "--workers",
-            "1",
-            "--audit-sequencer",
-            "process",
+            *argv,
         ]
-        with (logs / "gateway.log").open("w") as log:
+        with (logs / "server.log").open("w") as log:
             server = subprocess.Popen(argv, cwd=src, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 600
             while True:
                 try:
-                    if loadtest.http_get(f"http://{loadtest.HOST}:{port}/readyz", 10)[0] == 200:
+                    if loadtest.http_get(f"http://{loadtest.HOST}:{port}{ready}", 10)[0] == 200:
                         break
                 except OSError:
                     pass
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"instructions: the gateway did not start; see {logs}")
+                    raise SystemExit(f"instructions: the server did not start; see {logs}")
                 time.sleep(1)
-            load(port, WARMUP)
-            pids = {"worker": pids_named("gateway-worker"), "sequencer": pids_named("gateway-seq")}
+            load(port, WARMUP, path)
+            if reference:  # valgrind runs the tool in the process it was started as
+                pids = {"server": [server.pid]}
+            else:
+                pids = {
+                    "worker": pids_named("gateway-worker"),
+                    "sequencer": pids_named("gateway-seq"),
+                }
 
             def toggle() -> None:
                 for group in pids.values():
@@ -213,7 +239,7 @@ def measure(src: Path, lookups: int, tmp: Path, library: Path) -> dict[str, floa
             time.sleep(2)
             toggle()
             started = time.monotonic()
-            load(port, lookups)
+            load(port, lookups, path)
             toggle()
             busy = time.monotonic() - started
             time.sleep(3)  # the dumps are written when each process next runs
@@ -245,6 +271,11 @@ def main() -> int:
     parser.add_argument("--gateway-src", type=Path, default=loadtest.ROOT, help="a checkout")
     parser.add_argument("--lookups", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=1, help="runs, each a fresh gateway")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="count the loadtest's row d1 (bare Litestar + aiohttp passthrough) instead",
+    )
     args = parser.parse_args()
     missing = [tool for tool in ("valgrind", "gcc", "nginx") if shutil.which(tool) is None]
     if missing:
@@ -256,22 +287,26 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="instructions-") as name:
             tmp = Path(name)
             library = build_helper(tmp)
-            result = measure(src, args.lookups, tmp, library)
+            result = measure(src, args.lookups, tmp, library, reference=args.reference)
         runs.append(result)
+        roles = ["server"] if args.reference else ["worker", "sequencer"]
+        what = "passthrough (d1)" if args.reference else str(src)
+        counts = " and ".join(f"{role} {result[f'{role}_per_lookup']:,.0f}" for role in roles)
+        raw = " and ".join(f"{result[f'{role}_raw_per_lookup']:,.0f}" for role in roles)
+        idle = " and ".join(f"{result[f'{role}_idle_per_second'] / 1e6:.1f}M" for role in roles)
         print(
-            f"{src}: worker {result['worker_per_lookup']:,.0f} and sequencer "
-            f"{result['sequencer_per_lookup']:,.0f} instructions per lookup "
-            f"(before the idle rate is taken off: {result['worker_raw_per_lookup']:,.0f} and "
-            f"{result['sequencer_raw_per_lookup']:,.0f}; idle "
-            f"{result['worker_idle_per_second'] / 1e6:.1f}M and "
-            f"{result['sequencer_idle_per_second'] / 1e6:.1f}M per second; "
-            f"{args.lookups} lookups in {result['seconds']:.1f} s under valgrind)",
+            f"{what}: {counts} instructions per lookup (before the idle rate is taken off: "
+            f"{raw}; idle {idle} per second; {args.lookups} lookups in "
+            f"{result['seconds']:.1f} s under valgrind)",
             flush=True,
         )
     if len(runs) > 1:
-        worker = statistics.median(r["worker_per_lookup"] for r in runs)
-        sequencer = statistics.median(r["sequencer_per_lookup"] for r in runs)
-        print(f"median of {len(runs)}: worker {worker:,.0f}, sequencer {sequencer:,.0f}")
+        roles = ["server"] if args.reference else ["worker", "sequencer"]
+        medians = ", ".join(
+            f"{role} {statistics.median(r[f'{role}_per_lookup'] for r in runs):,.0f}"
+            for role in roles
+        )
+        print(f"median of {len(runs)}: {medians}")
     return 0
 
 

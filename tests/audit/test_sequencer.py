@@ -42,17 +42,26 @@ def test_append_frames_round_trip() -> None:
     assert decode_append(encode_append(body, COLUMNS, [ALICE, "x"])) == (
         body,
         COLUMNS,
-        [ALICE, "x"],
+        (ALICE, "x"),
     )
-    assert decode_append(encode_append(body, COLUMNS, [])) == (body, COLUMNS, [])
+    assert decode_append(encode_append(body, COLUMNS, [])) == (body, COLUMNS, ())
+    odd = ("2026-12-01T00:00:00Z", "lookup", 'r"\\\n\u2028ü', "", None, None)
+    assert decode_append(encode_append(body, odd, ["ü"])) == (body, odd, ("ü",))
+
+
+def _framed(meta: bytes) -> bytes:
+    return len(meta).to_bytes(4, "big") + meta + b"{}"
 
 
 @pytest.mark.parametrize(
     "payload",
     [
         pytest.param(b"", id="empty"),
-        pytest.param(b"\x00\x05ab", id="index-past-the-end"),
-        pytest.param(b"\x00\x00\x00\x03[1]{}", id="columns-of-wrong-type"),
+        pytest.param(b"\x00\x00\x00\x05ab", id="meta-past-the-end"),
+        pytest.param(b"\x00\x00\x00\x03[1]{}", id="meta-of-wrong-type"),
+        pytest.param(_framed(b"[]"), id="meta-without-columns"),
+        pytest.param(_framed(b"[[1,2,3,4,5,6],[]]"), id="columns-of-wrong-type"),
+        pytest.param(_framed(b'[["t","k","r",null,null,null],[7]]'), id="index-of-wrong-type"),
         pytest.param(encode_append(b"not json", COLUMNS, []), id="body-not-an-object"),
     ],
 )
