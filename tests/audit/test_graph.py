@@ -133,6 +133,50 @@ def test_claims_in_one_batch_settle_each_id_once(graph: IdentityStore) -> None:
     assert graph.claim_real_many(claims) == kinds  # settled: a read, the same answer
 
 
+def test_lengths_are_counted_once_per_id_across_replicas(graph: IdentityStore) -> None:
+    """Two replicas claiming overlapping ids at once: every real id counts once in
+    the lengths, whichever replica inserted it, and issued ids never count."""
+    other = IdentityStore(graph.engine)  # a second replica on the same database
+    ids = [ps("klout_id", str(n)) for n in range(70000, 70400)]
+    issued = graph.issue("klout_id", ps("twitter_id", "1999"), _candidates(["123456"]))
+    errors: list[BaseException] = []
+
+    def claim(store: IdentityStore, chunk: list[str]) -> None:
+        try:
+            for start in range(0, len(chunk), 50):
+                store.claim_real_many([(p, "klout_id", 5) for p in chunk[start : start + 50]])
+        except BaseException as exc:  # noqa: BLE001  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=claim, args=(graph, ids[:300])),
+        threading.Thread(target=claim, args=(other, ids[100:])),  # 200 ids in common
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert graph.claim_real(issued.pseudonym, "klout_id", 6) == "issued"
+    assert graph.lengths() == other.lengths() == {"klout_id": {5: 400}}
+
+
+def test_a_store_from_before_the_length_counts_is_counted_once(graph: IdentityStore) -> None:
+    """A store whose ids were claimed before ``identity_length`` existed: the first
+    gateway to open it counts them, later openings do not count them again, and new
+    claims add to the counts."""
+    graph.claim_real_many([(ps("klout_id", str(n)), "klout_id", 4) for n in range(1000, 1030)])
+    graph.claim_real(ps("twitter_id", "12345678"), "twitter_id", 8)
+    graph.issue("klout_id", ps("twitter_id", "1999"), _candidates(["9999"]))
+    with graph.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE identity_length")  # as an older release left it
+    IdentityStore(graph.engine).create()
+    assert graph.lengths() == {"klout_id": {4: 30}, "twitter_id": {8: 1}}
+    IdentityStore(graph.engine).create()  # a restart
+    graph.claim_real(ps("klout_id", "77777"), "klout_id", 5)
+    assert graph.lengths() == {"klout_id": {4: 30, 5: 1}, "twitter_id": {8: 1}}
+
+
 def test_one_person_gets_one_neutral_id_whichever_identifier_is_asked(
     graph: IdentityStore,
 ) -> None:
