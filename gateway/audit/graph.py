@@ -176,6 +176,11 @@ class IdentityStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        count = _upsert(self._postgres, LENGTHS)
+        self._count_lengths = count.on_conflict_do_update(
+            index_elements=[LENGTHS.c.namespace, LENGTHS.c.length],
+            set_={"count": LENGTHS.c.count + count.excluded.count},
+        )
 
     def create(self) -> None:
         try:
@@ -430,21 +435,16 @@ class IdentityStore:
             new = {p: (ns, n) for p, ns, n in claims if p not in kinds}
             if new:
                 with self._locked_connection() as conn, conn.begin():
-                    shapes = self._insert_real(conn, new)
+                    settled, shapes = self._insert_real(conn, new)
                     if shapes:  # only the ids this claim inserted count
-                        count = _upsert(self._postgres, LENGTHS)
-                        count = count.on_conflict_do_update(
-                            index_elements=[LENGTHS.c.namespace, LENGTHS.c.length],
-                            set_={"count": LENGTHS.c.count + count.excluded.count},
-                        )
                         conn.execute(
-                            count,
+                            self._count_lengths,
                             [
                                 {"namespace": ns, "length": n, "count": c}
                                 for (ns, n), c in shapes.items()
                             ],
                         )
-                    kinds.update(self._kinds(conn, list(new)))
+                    kinds.update(settled)
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"the identity graph is unavailable: {exc.__class__.__name__}"
@@ -453,12 +453,13 @@ class IdentityStore:
 
     def _insert_real(
         self, conn: Connection, new: dict[str, tuple[str, int]]
-    ) -> Counter[tuple[str, int]]:
-        """Insert ``new`` ids as real, skipping any settled meanwhile; return the
-        ``(namespace, length)`` of each id inserted."""
+    ) -> tuple[dict[str, str], Counter[tuple[str, int]]]:
+        """Insert ``new`` ids as real, skipping any settled meanwhile. Return the kind
+        of every id in ``new`` now, and the ``(namespace, length)`` of each id this
+        call inserted."""
         if self._postgres:
             # Another replica may claim or issue one meanwhile (PostgreSQL has no
-            # database lock here): its row stands, and is read back by the caller.
+            # database lock here): its row stands, and is read back below.
             # RETURNING names the rows this statement inserted; one statement over
             # arrays (SQLAlchemy's executemany with RETURNING cost 35 µs per id).
             claimed = conn.exec_driver_sql(
@@ -467,10 +468,11 @@ class IdentityStore:
                 " AS t(p, ns, n) ON CONFLICT DO NOTHING RETURNING pseudonym",
                 (list(new), [ns for ns, _ in new.values()], [n for _, n in new.values()]),
             ).scalars()
-            return Counter(new[p] for p in claimed)
+            shapes = Counter(new[p] for p in claimed)
+            return self._kinds(conn, list(new)), shapes
         # SQLite: this transaction holds the database's write lock, so the ids not
-        # settled now are exactly the ones the insert adds (RETURNING through
-        # SQLAlchemy's executemany cost 45 µs per id).
+        # settled now are exactly the ones the insert adds, and no read-back is
+        # needed (RETURNING through SQLAlchemy's executemany cost 45 µs per id).
         settled = self._kinds(conn, list(new))
         fresh = {p: shape for p, shape in new.items() if p not in settled}
         if fresh:
@@ -479,7 +481,7 @@ class IdentityStore:
                 for p, (ns, n) in fresh.items()
             ]
             conn.execute(_upsert(False, IDS).on_conflict_do_nothing(), rows)
-        return Counter(fresh.values())
+        return settled | dict.fromkeys(fresh, "real"), Counter(fresh.values())
 
     @staticmethod
     def _kinds(conn: Connection, pseudonyms: list[str]) -> dict[str, str]:
