@@ -72,7 +72,6 @@ STATUS_OK, STATUS_UNAVAILABLE = 0, 1
 
 _REQUEST = struct.Struct(">IBI")
 _REPLY = struct.Struct(">IIB")
-_U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 
 

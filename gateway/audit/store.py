@@ -323,23 +323,30 @@ def binary_copy(rows: Sequence[tuple[Any, ...]]) -> bytes:
     for row in rows:
         append(_COPY_COUNT.pack(len(row)))
         for value in row:
-            kind = type(value)
-            if kind is str or (kind is not bytes and isinstance(value, str)):
+            kind = type(value)  # exact types first: this loop runs per column per record
+            if kind is str:
                 value = value.encode()
-            elif kind is int:
+            elif kind is int:  # not bool, which is an int too
                 append(int8(8, value))
                 continue
             elif value is None:
                 append(_COPY_NULL)
                 continue
-            elif isinstance(value, (bytearray, memoryview)):
-                value = bytes(value)
             elif kind is not bytes:
-                raise TypeError(f"no binary COPY encoding for {kind.__name__}")
+                value = _copy_bytes(value)
             append(length(len(value)))
             append(value)
     append(_COPY_TRAILER)
     return b"".join(out)
+
+
+def _copy_bytes(value: object) -> bytes:
+    """The bytes binary COPY sends for a ``str`` or bytes-like subclass; else ``TypeError``."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"no binary COPY encoding for {type(value).__name__}")
 
 
 def database_url(url: str) -> str:
