@@ -295,6 +295,11 @@ class IdentityGraph:
             return known
         kind = await self._claim(pseudonym, namespace, length)
         self._remember(pseudonym, kind == "issued")
+        if kind != "issued":
+            # A real id about to be forwarded shapes the next neutral ids now, not at
+            # the next read of the stored lengths (up to ``lengths_interval`` later):
+            # a person's first neutral id is theirs for good.
+            self._learn_length(namespace, length)
         return kind == "issued"
 
     async def _claim(self, pseudonym: str, namespace: str, length: int) -> str:
@@ -337,10 +342,13 @@ class IdentityGraph:
         until the claim is read back, so no request forwards it on a guess."""
         if pseudonym in self._issued or pseudonym in self._known or pseudonym in self._claiming:
             return
-        counts = self._lengths.setdefault(namespace, {})
-        counts[length] = counts.get(length, 0) + 1
+        self._learn_length(namespace, length)
         self._claiming.add(pseudonym)
         self._enqueue((pseudonym,), namespace, length)
+
+    def _learn_length(self, namespace: str, length: int) -> None:
+        counts = self._lengths.setdefault(namespace, {})
+        counts[length] = counts.get(length, 0) + 1
 
     def _remember(self, pseudonym: str, issued: bool) -> None:
         self._known[pseudonym] = issued

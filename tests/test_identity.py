@@ -326,6 +326,26 @@ def test_a_length_seen_before_its_claim_is_stored_survives_a_refresh(tmp_path: P
     assert len(asyncio.run(run())) == 4
 
 
+def test_a_forwarded_id_shapes_the_next_neutral_ids_at_once(tmp_path: Path) -> None:
+    """A kloutId a caller asks for is claimed as real before it is forwarded; the
+    neutral id issued right after takes its length, not the default, without
+    waiting for the next read of the stored lengths."""
+    store, pseudonyms = _graph_pair(tmp_path)
+    owner = pseudonyms.pseudonym("twitter_screen_name", "carol_optedout")
+
+    async def run() -> str:
+        graph = IdentityGraph(store, pseudonyms, lengths_interval=3600.0)
+        await graph.start()
+        try:
+            forwarded = pseudonyms.pseudonym("klout_id", "5001")
+            assert not await graph.is_issued(forwarded, "klout_id", 4)
+            return await graph.neutral_id("klout_id", owner, (18, 18))
+        finally:
+            await graph.close()
+
+    assert len(asyncio.run(run())) == 4
+
+
 def test_a_burst_of_new_ids_is_claimed_in_one_transaction(tmp_path: Path) -> None:
     """Ids first seen together (a CRM enriching a list) are settled in one claim
     batch, not one transaction and fsync each; a caller that goes away does not
